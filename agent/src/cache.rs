@@ -1,0 +1,351 @@
+//! Decoded secrets, kept in memory for as long as somebody uses them.
+//!
+//! Each secret that was asked for has one `watch` channel holding its current
+//! state: readers take the latest value without waiting, and subscribers (see
+//! `hub`) are woken once per change however many there are. A change is loaded
+//! and decoded once, by the refresh task, never per reader.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{Mutex, OnceCell, watch};
+
+use crate::secret::{SecretId, SecretVersion};
+use crate::source::{ChangeReceiver, Loaded, SecretSource, Unavailable};
+
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// What is known of a secret now.
+pub enum SecretState {
+    /// The secret does not exist.
+    Absent,
+    /// `version` is the newest version that decoded; `error` is set when a newer
+    /// revision exists that does not.
+    Ready { version: Arc<SecretVersion>, error: Option<Arc<VersionError>> },
+    /// The secret exists but no version of it has decoded yet.
+    Failed(Arc<VersionError>),
+}
+
+/// Why a revision could not be decoded (never contains a value).
+#[derive(Debug)]
+pub struct VersionError {
+    pub revision: String,
+    pub message: String,
+}
+
+impl SecretState {
+    /// The revision of the last load attempt, good or bad.
+    fn attempted_revision(&self) -> Option<&str> {
+        match self {
+            SecretState::Absent => None,
+            SecretState::Ready { error: Some(e), .. } | SecretState::Failed(e) => Some(&e.revision),
+            SecretState::Ready { version, .. } => Some(&version.revision),
+        }
+    }
+
+    fn good(&self) -> Option<&Arc<SecretVersion>> {
+        match self {
+            SecretState::Ready { version, .. } => Some(version),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Entry {
+    state: OnceCell<watch::Sender<Arc<SecretState>>>,
+    /// Serializes loads of one secret, so an older load never overwrites a newer.
+    loading: Mutex<()>,
+    retries: AtomicU32,
+}
+
+pub struct Cache {
+    source: Arc<dyn SecretSource>,
+    entries: RwLock<HashMap<SecretId, Arc<Entry>>>,
+}
+
+impl Cache {
+    pub fn new(source: Arc<dyn SecretSource>) -> Arc<Cache> {
+        Arc::new(Cache { source, entries: RwLock::default() })
+    }
+
+    pub fn source(&self) -> &dyn SecretSource {
+        self.source.as_ref()
+    }
+
+    /// The current state of `id`, loading it on first use (one load in flight
+    /// per secret, however many callers wait for it).
+    pub async fn state(&self, id: &SecretId) -> Result<Arc<SecretState>, Unavailable> {
+        Ok(self.sender(id).await?.borrow().clone())
+    }
+
+    /// A receiver that sees every later state of `id` (the latest, when it lags).
+    pub async fn subscribe(&self, id: &SecretId) -> Result<watch::Receiver<Arc<SecretState>>, Unavailable> {
+        Ok(self.sender(id).await?.subscribe())
+    }
+
+    async fn sender(&self, id: &SecretId) -> Result<watch::Sender<Arc<SecretState>>, Unavailable> {
+        let existing = self.entries.read().expect("cache lock").get(id).cloned();
+        let entry = match existing {
+            Some(e) => e,
+            None => self.entries.write().expect("cache lock").entry(id.clone()).or_default().clone(),
+        };
+        if let Some(tx) = entry.state.get() {
+            return Ok(tx.clone());
+        }
+        let tx = entry
+            .state
+            .get_or_try_init(|| async {
+                let _serial = entry.loading.lock().await;
+                let state = match self.source.load(id, None).await? {
+                    Loaded::Absent | Loaded::Unchanged => SecretState::Absent,
+                    Loaded::Version(v) => SecretState::Ready { version: Arc::new(v), error: None },
+                    Loaded::Invalid { revision, message } => {
+                        tracing::warn!(secret = %id, %revision, %message, "secret cannot be decoded");
+                        SecretState::Failed(Arc::new(VersionError { revision, message }))
+                    }
+                };
+                Ok::<_, Unavailable>(watch::Sender::new(Arc::new(state)))
+            })
+            .await?;
+        Ok(tx.clone())
+    }
+
+    /// Follows the source's change announcements until it closes. Secrets nobody
+    /// asked for are skipped: they cost nothing until first read.
+    pub async fn run_refresh(self: Arc<Self>, mut changes: ChangeReceiver) {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                id = changes.recv() => match id {
+                    Some(id) => {
+                        tokio::spawn(self.clone().refresh(id));
+                    }
+                    None => return,
+                },
+                _ = sweep.tick() => self.sweep(),
+            }
+        }
+    }
+
+    /// Reloads `id` if somebody asked for it, and publishes the new state if it
+    /// differs. A backend outage keeps the last state and retries with backoff
+    /// (hence the boxed future: it schedules itself again).
+    pub fn refresh(self: Arc<Self>, id: SecretId) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let Some(entry) = self.entries.read().expect("cache lock").get(&id).cloned() else { return };
+            let _serial = entry.loading.lock().await;
+            let Some(tx) = entry.state.get() else { return };
+            let current = tx.borrow().clone();
+            let next = match self.source.load(&id, current.attempted_revision()).await {
+                Ok(Loaded::Unchanged) => None,
+                Ok(Loaded::Absent) => (!matches!(*current, SecretState::Absent)).then_some(SecretState::Absent),
+                Ok(Loaded::Version(v)) => {
+                    let v = match current.good() {
+                        Some(old) => v.share_unchanged(old),
+                        None => v,
+                    };
+                    Some(SecretState::Ready { version: Arc::new(v), error: None })
+                }
+                Ok(Loaded::Invalid { revision, message }) => {
+                    tracing::warn!(secret = %id, %revision, %message, "new revision cannot be decoded; the last good one stays served");
+                    let error = Arc::new(VersionError { revision, message });
+                    Some(match current.good() {
+                        Some(version) => SecretState::Ready { version: version.clone(), error: Some(error) },
+                        None => SecretState::Failed(error),
+                    })
+                }
+                Err(e) => {
+                    let attempt = entry.retries.fetch_add(1, Ordering::Relaxed);
+                    let wait = RETRY_FIRST.saturating_mul(1 << attempt.min(7)).min(RETRY_MAX);
+                    tracing::warn!(secret = %id, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot load the new revision; serving the last one");
+                    let retry = self.clone().refresh(id);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        retry.await;
+                    });
+                    return;
+                }
+            };
+            entry.retries.store(0, Ordering::Relaxed);
+            if let Some(state) = next {
+                tx.send_replace(Arc::new(state));
+            }
+        })
+    }
+
+    /// Forgets absent secrets nobody watches (so asking for random names cannot
+    /// grow memory without bound) and entries whose first load failed.
+    fn sweep(&self) {
+        self.entries.write().expect("cache lock").retain(|_, e| match e.state.get() {
+            None => Arc::strong_count(e) > 1,
+            Some(tx) => !matches!(**tx.borrow(), SecretState::Absent) || tx.receiver_count() > 0,
+        });
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.read().unwrap().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::secret::tests::version;
+
+    /// A source whose content the test sets, counting loads and decodes.
+    #[derive(Default)]
+    struct Scripted {
+        docs: std::sync::Mutex<HashMap<SecretId, (String, String)>>,
+        broken: std::sync::Mutex<bool>,
+        down: std::sync::Mutex<bool>,
+        decodes: AtomicUsize,
+    }
+
+    impl Scripted {
+        fn set(&self, id: &SecretId, revision: &str, json: &str) {
+            self.docs.lock().unwrap().insert(id.clone(), (revision.into(), json.into()));
+        }
+    }
+
+    impl SecretSource for Scripted {
+        fn load<'a>(&'a self, id: &'a SecretId, known: Option<&'a str>) -> BoxFuture<'a, Result<Loaded, Unavailable>> {
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if *self.down.lock().unwrap() {
+                    return Err(Unavailable("backend down".into()));
+                }
+                let Some((rev, json)) = self.docs.lock().unwrap().get(id).cloned() else { return Ok(Loaded::Absent) };
+                if known == Some(rev.as_str()) {
+                    return Ok(Loaded::Unchanged);
+                }
+                self.decodes.fetch_add(1, Ordering::SeqCst);
+                if *self.broken.lock().unwrap() {
+                    return Ok(Loaded::Invalid { revision: rev, message: "bad".into() });
+                }
+                Ok(Loaded::Version(version(&rev, &[("k", rev.len() as u32, &json)])))
+            }
+            .boxed()
+        }
+    }
+
+    fn values(state: &SecretState) -> String {
+        use secrecy::ExposeSecret;
+        match state {
+            SecretState::Ready { version, .. } => {
+                version.documents["k"].doc.values.iter().map(|(k, v)| format!("{k}={}", v.expose_secret())).collect()
+            }
+            SecretState::Absent => "absent".into(),
+            SecretState::Failed(_) => "failed".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_reads_decode_once() {
+        let src = Arc::new(Scripted::default());
+        let id = SecretId::new("default", "app");
+        src.set(&id, "1", r#"{"a":"1"}"#);
+        let cache = Cache::new(src.clone());
+        let reads = (0..50).map(|_| cache.state(&id));
+        for state in futures::future::join_all(reads).await {
+            assert_eq!(values(&state.unwrap()), "a=1");
+        }
+        assert_eq!(src.decodes.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn changes_are_detected_and_unchanged_documents_shared() {
+        let src = Arc::new(Scripted::default());
+        let id = SecretId::new("default", "app");
+        src.set(&id, "1", r#"{"a":"1"}"#);
+        let cache = Cache::new(src.clone());
+        let mut rx = cache.subscribe(&id).await.unwrap();
+        let first = rx.borrow_and_update().clone();
+
+        // Same revision: nothing is decoded, nothing published.
+        cache.clone().refresh(id.clone()).await;
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(src.decodes.load(Ordering::SeqCst), 1);
+
+        // New revision, same content (a re-encryption): the document is shared.
+        src.set(&id, "22", r#"{"a":"1"}"#);
+        cache.clone().refresh(id.clone()).await;
+        let second = rx.borrow_and_update().clone();
+        let (SecretState::Ready { version: v1, .. }, SecretState::Ready { version: v2, .. }) = (&*first, &*second) else { panic!() };
+        assert!(Arc::ptr_eq(&v1.documents["k"].doc, &v2.documents["k"].doc));
+        assert_eq!(v2.documents["k"].key_version, 2);
+
+        // New content: a new document.
+        src.set(&id, "333", r#"{"a":"2"}"#);
+        cache.clone().refresh(id.clone()).await;
+        let third = rx.borrow_and_update().clone();
+        assert_eq!(values(&third), "a=2");
+    }
+
+    #[tokio::test]
+    async fn a_bad_revision_keeps_the_last_good_values() {
+        let src = Arc::new(Scripted::default());
+        let id = SecretId::new("default", "app");
+        src.set(&id, "1", r#"{"a":"1"}"#);
+        let cache = Cache::new(src.clone());
+        cache.state(&id).await.unwrap();
+        src.set(&id, "2", "ignored");
+        *src.broken.lock().unwrap() = true;
+        cache.clone().refresh(id.clone()).await;
+        let state = cache.state(&id).await.unwrap();
+        let SecretState::Ready { error: Some(e), .. } = &*state else { panic!("expected last good + error") };
+        assert_eq!(e.revision, "2");
+        assert_eq!(values(&state), "a=1");
+        // Recovery on the next good revision.
+        *src.broken.lock().unwrap() = false;
+        src.set(&id, "3", r#"{"a":"3"}"#);
+        cache.clone().refresh(id.clone()).await;
+        let state = cache.state(&id).await.unwrap();
+        assert!(matches!(&*state, SecretState::Ready { error: None, .. }));
+        assert_eq!(values(&state), "a=3");
+    }
+
+    #[tokio::test]
+    async fn an_outage_keeps_serving_and_retries() {
+        let src = Arc::new(Scripted::default());
+        let id = SecretId::new("default", "app");
+        src.set(&id, "1", r#"{"a":"1"}"#);
+        let cache = Cache::new(src.clone());
+        let mut rx = cache.subscribe(&id).await.unwrap();
+        rx.borrow_and_update();
+        *src.down.lock().unwrap() = true;
+        src.set(&id, "2", r#"{"a":"2"}"#);
+        cache.clone().refresh(id.clone()).await;
+        assert_eq!(values(&cache.state(&id).await.unwrap()), "a=1");
+        *src.down.lock().unwrap() = false;
+        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await.expect("retried").unwrap();
+        assert_eq!(values(&rx.borrow()), "a=2");
+    }
+
+    #[tokio::test]
+    async fn unknown_secrets_are_lazy_and_absent_ones_swept() {
+        let src = Arc::new(Scripted::default());
+        let cache = Cache::new(src.clone());
+        let id = SecretId::new("default", "nope");
+        cache.clone().refresh(id.clone()).await;
+        assert_eq!(cache.len(), 0, "a change to a secret nobody asked for costs nothing");
+        assert!(matches!(*cache.state(&id).await.unwrap(), SecretState::Absent));
+        let rx = cache.subscribe(&id).await.unwrap();
+        cache.sweep();
+        assert_eq!(cache.len(), 1, "watched");
+        drop(rx);
+        cache.sweep();
+        assert_eq!(cache.len(), 0);
+    }
+}

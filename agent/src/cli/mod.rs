@@ -1,0 +1,124 @@
+//! The `vaultlet` command line: one file per subcommand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod dev;
+mod get;
+mod watch;
+
+#[derive(Parser)]
+#[command(
+    name = "vaultlet",
+    version,
+    about = "Node-local secrets agent for Kubernetes",
+    long_about = "vaultlet runs on each node and hands pods their secrets over a Unix socket: it \
+                  checks who is calling, decrypts the ciphertext kept in Kubernetes Secrets through \
+                  Vault/OpenBao Transit, keeps plaintext only in memory, and streams new values \
+                  when a secret is rotated or edited.\n\n\
+                  Start with `vaultlet dev --secrets-dir DIR` (no cluster needed), then read \
+                  secrets with `vaultlet get` and follow them with `vaultlet watch`."
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, env = "VAULTLET_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Dev(dev::Args),
+    Get(get::Args),
+    Watch(watch::Args),
+}
+
+/// Options shared by the commands that talk to a running agent.
+#[derive(clap::Args, Clone)]
+pub struct ClientArgs {
+    /// The agent's socket.
+    #[arg(long, env = "VAULTLET_SOCKET", default_value = vaultlet_client::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// ServiceAccount token to present, read on every call; not sent when the file
+    /// does not exist (development mode needs none).
+    #[arg(long, env = "VAULTLET_TOKEN_FILE", default_value = vaultlet_client::DEFAULT_TOKEN_FILE)]
+    pub token_file: PathBuf,
+}
+
+impl ClientArgs {
+    pub async fn connect(&self) -> Result<vaultlet_client::Client, vaultlet_client::Error> {
+        let client = vaultlet_client::Client::connect(&self.socket).await?;
+        Ok(client.with_token_source(vaultlet_client::TokenSource::File(self.token_file.clone())))
+    }
+}
+
+/// What a subcommand returns: its error is printed as `vaultlet CMD: ERROR`.
+pub type CmdResult = Result<(), Box<dyn std::error::Error>>;
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vaultlet: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (name, result) = runtime.block_on(async {
+        match cli.command {
+            Command::Dev(args) => ("dev", dev::run(args).await),
+            Command::Get(args) => ("get", get::run(args).await),
+            Command::Watch(args) => ("watch", watch::run(args).await),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("vaultlet {name}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VAULTLET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Cancelled on the first SIGTERM or SIGINT.
+pub fn shutdown_on_signal() -> std::io::Result<tokio_util::sync::CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        t.cancel();
+    });
+    Ok(token)
+}

@@ -1,0 +1,292 @@
+//! Subscriptions and fan-out. Each watched reference follows its secret's state
+//! channel in the cache and turns each state it sees into the events the
+//! subscriber has not had yet. A subscriber that falls behind skips straight to
+//! the latest state: nothing queues up on its behalf, and it never slows others.
+
+use std::sync::Arc;
+
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
+use vaultlet_client::SecretRef;
+use vaultlet_client::proto::EventKind;
+
+use crate::cache::SecretState;
+use crate::secret::{SecretId, SecretVersion};
+
+/// One reference of a watch request, resolved and subscribed.
+pub struct Watched {
+    pub index: u32,
+    pub id: SecretId,
+    pub reference: SecretRef,
+    /// The revision the client already holds: its SNAPSHOT is skipped.
+    pub known_revision: Option<String>,
+    pub states: watch::Receiver<Arc<SecretState>>,
+}
+
+/// An event for one reference; the values stay in the shared version until the
+/// server encodes them.
+pub struct HubEvent {
+    pub kind: EventKind,
+    pub index: u32,
+    pub id: Arc<SecretId>,
+    pub reference: Arc<SecretRef>,
+    /// The version the subscriber holds after this event (the last good one for
+    /// ERROR; none for DELETED).
+    pub version: Option<Arc<SecretVersion>>,
+    pub error: Option<EventError>,
+}
+
+pub struct EventError {
+    pub code: tonic::Code,
+    pub message: String,
+    pub revision: String,
+}
+
+/// Merges the references' event streams. The stream never ends on its own.
+pub fn events(watched: Vec<Watched>) -> BoxStream<'static, HubEvent> {
+    let streams = watched.into_iter().map(|w| {
+        let mut tracker = Tracker {
+            index: w.index,
+            id: Arc::new(w.id),
+            reference: Arc::new(w.reference),
+            sent: Sent::Nothing,
+            known_revision: w.known_revision,
+            failed_revision: None,
+        };
+        WatchStream::new(w.states).flat_map(move |state| stream::iter(tracker.advance(&state))).boxed()
+    });
+    stream::select_all(streams).boxed()
+}
+
+/// What the subscriber holds for one reference.
+enum Sent {
+    Nothing,
+    Deleted,
+    Version(Arc<SecretVersion>),
+}
+
+struct Tracker {
+    index: u32,
+    id: Arc<SecretId>,
+    reference: Arc<SecretRef>,
+    sent: Sent,
+    known_revision: Option<String>,
+    /// The failing revision last reported, so an error is reported once.
+    failed_revision: Option<String>,
+}
+
+impl Tracker {
+    fn event(&self, kind: EventKind, version: Option<Arc<SecretVersion>>, error: Option<EventError>) -> HubEvent {
+        HubEvent { kind, index: self.index, id: self.id.clone(), reference: self.reference.clone(), version, error }
+    }
+
+    /// The events that take the subscriber from what it holds to `state`.
+    fn advance(&mut self, state: &SecretState) -> Vec<HubEvent> {
+        let mut out = Vec::new();
+        match state {
+            SecretState::Absent => {
+                if !matches!(self.sent, Sent::Deleted) {
+                    self.sent = Sent::Deleted;
+                    self.failed_revision = None;
+                    out.push(self.event(EventKind::Deleted, None, None));
+                }
+            }
+            SecretState::Ready { version, error } => {
+                if let Some(kind) = self.values_event(version) {
+                    self.sent = Sent::Version(version.clone());
+                    match version.project(&self.id, &self.reference) {
+                        Ok(_) => out.push(self.event(kind, Some(version.clone()), None)),
+                        // The reference asks for what this version lacks (a data key, a field).
+                        Err(e) => out.push(self.event(
+                            EventKind::Error,
+                            None,
+                            Some(EventError { code: e.code(), message: e.to_string(), revision: version.revision.clone() }),
+                        )),
+                    }
+                }
+                match error {
+                    Some(e) => self.push_error(&mut out, e, Some(version.clone())),
+                    None => self.failed_revision = None,
+                }
+            }
+            SecretState::Failed(e) => {
+                if !matches!(self.sent, Sent::Nothing) {
+                    self.sent = Sent::Nothing;
+                }
+                self.push_error(&mut out, e, None)
+            }
+        }
+        out
+    }
+
+    /// Which event, if any, a new good version means for this subscriber.
+    fn values_event(&mut self, version: &Arc<SecretVersion>) -> Option<EventKind> {
+        match &self.sent {
+            Sent::Nothing => {
+                let known = self.known_revision.take();
+                if known.as_deref() == Some(version.revision.as_str()) {
+                    self.sent = Sent::Version(version.clone());
+                    None
+                } else {
+                    Some(EventKind::Snapshot)
+                }
+            }
+            Sent::Deleted => Some(EventKind::ContentChanged),
+            Sent::Version(old) if Arc::ptr_eq(old, version) || old.revision == version.revision => None,
+            Sent::Version(old) => {
+                if !version.same_view(old, &self.id, &self.reference) {
+                    Some(EventKind::ContentChanged)
+                } else if key_version(old, &self.id, &self.reference) != key_version(version, &self.id, &self.reference) {
+                    Some(EventKind::Recrypted)
+                } else {
+                    // Nothing this reference sees changed (another data key, metadata).
+                    self.sent = Sent::Version(version.clone());
+                    None
+                }
+            }
+        }
+    }
+
+    fn push_error(&mut self, out: &mut Vec<HubEvent>, e: &crate::cache::VersionError, last_good: Option<Arc<SecretVersion>>) {
+        if self.failed_revision.as_deref() != Some(e.revision.as_str()) {
+            self.failed_revision = Some(e.revision.clone());
+            let error = EventError { code: tonic::Code::FailedPrecondition, message: e.message.clone(), revision: e.revision.clone() };
+            out.push(self.event(EventKind::Error, last_good, Some(error)));
+        }
+    }
+}
+
+fn key_version(v: &SecretVersion, id: &SecretId, r: &SecretRef) -> Option<u32> {
+    v.project(id, r).ok().map(|view| view.key_version)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cache::VersionError;
+    use crate::secret::tests::version;
+
+    fn ready(v: SecretVersion) -> Arc<SecretState> {
+        Arc::new(SecretState::Ready { version: Arc::new(v), error: None })
+    }
+
+    fn watched(index: u32, r: &str, known: Option<&str>, rx: watch::Receiver<Arc<SecretState>>) -> Watched {
+        let reference: SecretRef = r.parse().unwrap();
+        let id = SecretId::new("default", reference.name.clone());
+        Watched { index, id, reference, known_revision: known.map(Into::into), states: rx }
+    }
+
+    async fn next(s: &mut BoxStream<'static, HubEvent>) -> HubEvent {
+        tokio::time::timeout(Duration::from_secs(2), s.next()).await.expect("event in time").expect("open stream")
+    }
+
+    async fn quiet(s: &mut BoxStream<'static, HubEvent>) {
+        assert!(tokio::time::timeout(Duration::from_millis(50), s.next()).await.is_err(), "expected no event");
+    }
+
+    #[tokio::test]
+    async fn snapshot_then_recrypted_then_content_changed_then_deleted() {
+        let v1 = version("1", &[("k", 1, r#"{"a":"1"}"#)]);
+        let (tx, rx) = watch::channel(ready(v1));
+        let mut s = events(vec![watched(0, "app", None, rx)]);
+        assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
+
+        let current = tx.borrow().clone();
+        let SecretState::Ready { version: old, .. } = &*current else { panic!() };
+        let v2 = version("2", &[("k", 2, r#"{"a":"1"}"#)]).share_unchanged(old);
+        tx.send_replace(ready(v2));
+        let e = next(&mut s).await;
+        assert_eq!(e.kind, EventKind::Recrypted);
+        assert_eq!(e.version.unwrap().documents["k"].key_version, 2);
+
+        tx.send_replace(ready(version("3", &[("k", 2, r#"{"a":"2"}"#)])));
+        assert_eq!(next(&mut s).await.kind, EventKind::ContentChanged);
+
+        tx.send_replace(Arc::new(SecretState::Absent));
+        assert_eq!(next(&mut s).await.kind, EventKind::Deleted);
+        tx.send_replace(Arc::new(SecretState::Absent));
+        quiet(&mut s).await;
+
+        tx.send_replace(ready(version("4", &[("k", 1, r#"{"a":"4"}"#)])));
+        assert_eq!(next(&mut s).await.kind, EventKind::ContentChanged);
+    }
+
+    #[tokio::test]
+    async fn known_revision_skips_the_snapshot() {
+        let (tx, rx) = watch::channel(ready(version("7", &[("k", 1, "{}")])));
+        let mut s = events(vec![watched(3, "app", Some("7"), rx)]);
+        quiet(&mut s).await;
+        tx.send_replace(ready(version("8", &[("k", 1, r#"{"a":"1"}"#)])));
+        let e = next(&mut s).await;
+        assert_eq!((e.kind, e.index), (EventKind::ContentChanged, 3));
+    }
+
+    #[tokio::test]
+    async fn errors_are_reported_once_with_the_last_good_version() {
+        let good = Arc::new(version("1", &[("k", 1, r#"{"a":"1"}"#)]));
+        let failing = |rev: &str| Some(Arc::new(VersionError { revision: rev.into(), message: "bad".into() }));
+        let (tx, rx) = watch::channel(Arc::new(SecretState::Ready { version: good.clone(), error: failing("2") }));
+        let mut s = events(vec![watched(0, "app", None, rx)]);
+        assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
+        let e = next(&mut s).await;
+        assert_eq!(e.kind, EventKind::Error);
+        assert_eq!(e.version.unwrap().revision, "1");
+        assert_eq!(e.error.unwrap().revision, "2");
+        tx.send_replace(Arc::new(SecretState::Ready { version: good.clone(), error: failing("2") }));
+        quiet(&mut s).await;
+        tx.send_replace(Arc::new(SecretState::Ready { version: good, error: failing("3") }));
+        assert_eq!(next(&mut s).await.kind, EventKind::Error);
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_gets_the_latest_state_and_does_not_hold_up_others() {
+        let (tx, rx) = watch::channel(ready(version("0", &[("k", 1, r#"{"n":"0"}"#)])));
+        let mut fast = events(vec![watched(0, "app", None, rx.clone())]);
+        let mut slow = events(vec![watched(0, "app", None, rx)]);
+        assert_eq!(next(&mut fast).await.kind, EventKind::Snapshot);
+        assert_eq!(next(&mut slow).await.kind, EventKind::Snapshot);
+        for n in 1..=1000 {
+            tx.send_replace(ready(version(&n.to_string(), &[("k", 1, &format!(r#"{{"n":"{n}"}}"#))])));
+            // The fast one keeps up with every change while the slow one reads nothing.
+            let e = next(&mut fast).await;
+            assert_eq!(e.version.unwrap().revision, n.to_string());
+        }
+        let e = next(&mut slow).await;
+        assert_eq!((e.kind, e.version.unwrap().revision.as_str()), (EventKind::ContentChanged, "1000"));
+        quiet(&mut slow).await;
+    }
+
+    #[tokio::test]
+    async fn one_change_reaches_many_subscribers() {
+        let (tx, rx) = watch::channel(ready(version("0", &[("k", 1, r#"{"n":"0"}"#)])));
+        let mut subs: Vec<_> = (0..500).map(|_| events(vec![watched(0, "app", None, rx.clone())])).collect();
+        for s in &mut subs {
+            assert_eq!(next(s).await.kind, EventKind::Snapshot);
+        }
+        tx.send_replace(ready(version("1", &[("k", 2, r#"{"n":"1"}"#)])));
+        for s in &mut subs {
+            let e = next(s).await;
+            assert_eq!((e.kind, e.version.unwrap().revision.as_str()), (EventKind::ContentChanged, "1"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_field_is_an_error_for_that_reference_only() {
+        let (tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"1","b":"2"}"#)])));
+        let mut r = watched(0, "app", None, rx.clone());
+        r.reference.fields = vec!["b".into()];
+        let mut s = events(vec![r, watched(1, "app", None, rx)]);
+        let mut kinds = vec![next(&mut s).await, next(&mut s).await];
+        kinds.sort_by_key(|e| e.index);
+        assert_eq!(kinds.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::Snapshot, EventKind::Snapshot]);
+        tx.send_replace(ready(version("2", &[("k", 1, r#"{"a":"1"}"#)])));
+        let mut got = vec![next(&mut s).await, next(&mut s).await];
+        got.sort_by_key(|e| e.index);
+        assert_eq!(got[0].kind, EventKind::Error);
+        assert_eq!(got[0].error.as_ref().unwrap().code, tonic::Code::NotFound);
+        assert_eq!(got[1].kind, EventKind::ContentChanged);
+    }
+}

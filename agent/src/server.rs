@@ -1,0 +1,279 @@
+//! The gRPC edge: the `Secrets` service, health and reflection over a Unix
+//! socket. Requests flow down (identity -> policy -> cache); typed errors come
+//! back up and become statuses here, with messages a person can act on.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use secrecy::ExposeSecret;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use vaultlet_client::proto::secrets_server::{Secrets, SecretsServer};
+use vaultlet_client::proto::{self, EventKind};
+use vaultlet_client::{RefError, SecretRef};
+
+use crate::cache::{Cache, SecretState};
+use crate::hub::{self, HubEvent, Watched};
+use crate::identity::{AuthError, Authenticator, Caller};
+use crate::policy::{Denied, Policy};
+use crate::secret::{ProjectionError, SecretId, SecretVersion};
+use crate::source::Unavailable;
+
+/// Most references in one request.
+pub const MAX_REFS: usize = 128;
+/// Largest request accepted; requests are lists of names, so this is generous.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// How long open connections get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Unauthenticated(#[from] AuthError),
+    #[error("secrets[{index}]: {error}")]
+    InvalidRef { index: usize, error: RefError },
+    #[error("no secrets requested: name at least one reference")]
+    NoRefs,
+    #[error("{0} references in one request; the limit is {MAX_REFS}")]
+    TooManyRefs(usize),
+    #[error("{reference}: permission denied: {denied}")]
+    Denied { reference: String, denied: Denied },
+    #[error("secret {id} not found{}", hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    NotFound { id: SecretId, hint: Option<String> },
+    #[error("{reference}: {error}")]
+    Projection { reference: String, error: ProjectionError },
+    #[error("secret {id} cannot be decoded: {message}")]
+    Undecodable { id: SecretId, message: String },
+    #[error("{reference}: {error}")]
+    Unavailable { reference: String, error: Unavailable },
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        let code = match &e {
+            ServiceError::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            ServiceError::InvalidRef { .. } | ServiceError::NoRefs | ServiceError::TooManyRefs(_) => {
+                tonic::Code::InvalidArgument
+            }
+            ServiceError::Denied { .. } => tonic::Code::PermissionDenied,
+            ServiceError::NotFound { .. } => tonic::Code::NotFound,
+            ServiceError::Projection { error, .. } => error.code(),
+            ServiceError::Undecodable { .. } => tonic::Code::FailedPrecondition,
+            ServiceError::Unavailable { .. } => tonic::Code::Unavailable,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+pub struct SecretsService {
+    cache: Arc<Cache>,
+    auth: Authenticator,
+    policy: Policy,
+    shutdown: CancellationToken,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::SecretEvent, Status>> + Send>>;
+
+impl SecretsService {
+    pub fn new(cache: Arc<Cache>, auth: Authenticator, policy: Policy, shutdown: CancellationToken) -> Self {
+        SecretsService { cache, auth, policy, shutdown }
+    }
+
+    /// Validates one reference, fills in the caller's namespace, checks policy.
+    fn resolve(&self, caller: &Caller, index: usize, r: Option<proto::SecretRef>) -> Result<(SecretId, SecretRef), ServiceError> {
+        let r = SecretRef::from(r.unwrap_or_default());
+        r.validate().map_err(|error| ServiceError::InvalidRef { index, error })?;
+        let r = r.in_namespace(&caller.namespace);
+        let id = SecretId::new(&r.namespace, &r.name);
+        self.policy.check(caller, &id).map_err(|denied| ServiceError::Denied { reference: r.to_string(), denied })?;
+        Ok((id, r))
+    }
+
+    fn check_count(n: usize) -> Result<(), ServiceError> {
+        match n {
+            0 => Err(ServiceError::NoRefs),
+            n if n > MAX_REFS => Err(ServiceError::TooManyRefs(n)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn get_one(&self, id: SecretId, r: SecretRef) -> Result<proto::Secret, ServiceError> {
+        let state = self
+            .cache
+            .state(&id)
+            .await
+            .map_err(|error| ServiceError::Unavailable { reference: r.to_string(), error })?;
+        match &*state {
+            SecretState::Absent => {
+                let hint = self.cache.source().absent_hint(&id);
+                Err(ServiceError::NotFound { id, hint })
+            }
+            SecretState::Failed(e) => Err(ServiceError::Undecodable { id, message: e.message.clone() }),
+            SecretState::Ready { version, .. } => {
+                encode(&id, &r, version).map_err(|error| ServiceError::Projection { reference: r.to_string(), error })
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Secrets for SecretsService {
+    async fn get_secrets(
+        &self,
+        request: Request<proto::GetSecretsRequest>,
+    ) -> Result<Response<proto::GetSecretsResponse>, Status> {
+        let caller = self.auth.authenticate(&request).await.map_err(ServiceError::from)?;
+        let refs = request.into_inner().refs;
+        Self::check_count(refs.len())?;
+        let resolved = refs
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| self.resolve(&caller, i, Some(r)))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Several secrets load concurrently (a cold start pays one round trip).
+        let secrets = futures::future::try_join_all(resolved.into_iter().map(|(id, r)| self.get_one(id, r))).await?;
+        Ok(Response::new(proto::GetSecretsResponse { secrets }))
+    }
+
+    type WatchSecretsStream = EventStream;
+
+    async fn watch_secrets(
+        &self,
+        request: Request<proto::WatchSecretsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let caller = self.auth.authenticate(&request).await.map_err(ServiceError::from)?;
+        let targets = request.into_inner().secrets;
+        Self::check_count(targets.len())?;
+        let mut watched = Vec::with_capacity(targets.len());
+        for (index, t) in targets.into_iter().enumerate() {
+            let (id, reference) = self.resolve(&caller, index, t.r#ref)?;
+            let states = self
+                .cache
+                .subscribe(&id)
+                .await
+                .map_err(|error| ServiceError::Unavailable { reference: reference.to_string(), error })?;
+            let known_revision = (!t.known_revision.is_empty()).then_some(t.known_revision);
+            watched.push(Watched { index: index as u32, id, reference, known_revision, states });
+        }
+        // Streams end when the agent shuts down, so that clients reconnect to the next one.
+        let events = hub::events(watched).map(|e| Ok(encode_event(e))).take_until(self.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(events)))
+    }
+}
+
+/// The wire form of what `r` sees of `version`: the one place values leave
+/// their zeroizing containers.
+fn encode(id: &SecretId, r: &SecretRef, version: &SecretVersion) -> Result<proto::Secret, ProjectionError> {
+    let view = version.project(id, r)?;
+    Ok(proto::Secret {
+        r#ref: Some(r.clone().into()),
+        revision: version.revision.clone(),
+        key_version: view.key_version,
+        values: view.values.iter().map(|(k, v)| ((*k).to_owned(), v.expose_secret().to_owned())).collect(),
+        raw: view.raw.map(<[u8]>::to_vec).unwrap_or_default(),
+        format: view.format as i32,
+    })
+}
+
+fn encode_event(e: HubEvent) -> proto::SecretEvent {
+    let only_ref = || proto::Secret { r#ref: Some((*e.reference).clone().into()), ..Default::default() };
+    let (secret, error) = match &e.version {
+        Some(v) => match encode(&e.id, &e.reference, v) {
+            Ok(s) => (s, e.error),
+            Err(p) => {
+                let error = hub::EventError { code: p.code(), message: p.to_string(), revision: v.revision.clone() };
+                return proto::SecretEvent {
+                    kind: EventKind::Error as i32,
+                    index: e.index,
+                    secret: Some(only_ref()),
+                    error: Some(error_to_proto(error)),
+                };
+            }
+        },
+        None => (only_ref(), e.error),
+    };
+    proto::SecretEvent { kind: e.kind as i32, index: e.index, secret: Some(secret), error: error.map(error_to_proto) }
+}
+
+fn error_to_proto(e: hub::EventError) -> proto::EventError {
+    proto::EventError { code: e.code as i32, message: e.message, revision: e.revision }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("socket {0}: {1}")]
+    Socket(PathBuf, std::io::Error),
+    #[error("another agent is already serving on {0}; stop it or choose another --socket")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotSocket(PathBuf),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds `socket` (replacing a stale one, never a live one), readable and
+/// writable by owner and group only.
+pub async fn bind(socket: &Path) -> Result<UnixListener, ServeError> {
+    let err = |e| ServeError::Socket(socket.to_owned(), e);
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(socket).await.is_ok() {
+                return Err(ServeError::InUse(socket.to_owned()));
+            }
+            std::fs::remove_file(socket).map_err(err)?;
+        }
+        Ok(_) => return Err(ServeError::NotSocket(socket.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(err)?;
+    }
+    let listener = UnixListener::bind(socket).map_err(err)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Serves the API, health and reflection on `listener` until `shutdown`, then
+/// removes the socket file.
+pub async fn serve(
+    listener: UnixListener,
+    socket: &Path,
+    service: SecretsService,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<SecretsServer<SecretsService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let secrets = SecretsServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
+
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(secrets)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.clone().cancelled_owned());
+    tokio::pin!(server);
+    let result = tokio::select! {
+        r = &mut server => r,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after shutdown; closing them");
+            Ok(())
+        }
+    };
+    let _ = std::fs::remove_file(socket);
+    Ok(result?)
+}

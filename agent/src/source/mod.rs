@@ -1,0 +1,47 @@
+//! Where secrets come from: the `SecretSource` abstraction and its implementations
+//! (`file` for development; `kube` + Transit in production).
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use crate::secret::{SecretId, SecretVersion};
+
+pub mod file;
+
+/// Sources announce changed secrets on this channel; the cache reloads the ones
+/// somebody asked for.
+pub type ChangeSender = mpsc::UnboundedSender<SecretId>;
+pub type ChangeReceiver = mpsc::UnboundedReceiver<SecretId>;
+
+pub fn change_channel() -> (ChangeSender, ChangeReceiver) {
+    mpsc::unbounded_channel()
+}
+
+/// The outcome of loading a secret.
+pub enum Loaded {
+    /// No such secret.
+    Absent,
+    /// Still at the revision the caller already holds (nothing was decoded).
+    Unchanged,
+    Version(SecretVersion),
+    /// The secret exists at this revision but cannot be decoded (bad ciphertext,
+    /// a document that does not parse). Retrying will not help until it changes.
+    Invalid { revision: String, message: String },
+}
+
+/// A backend needed to decode the secret cannot be reached; retrying may help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+pub trait SecretSource: Send + Sync + 'static {
+    /// Loads and decodes the current version of `id`. With `known`, a source may
+    /// answer `Unchanged` without decoding when the revision is still `known`.
+    fn load<'a>(&'a self, id: &'a SecretId, known: Option<&'a str>) -> BoxFuture<'a, Result<Loaded, Unavailable>>;
+
+    /// A hint for a person when `id` does not exist (where it was looked for).
+    fn absent_hint(&self, id: &SecretId) -> Option<String> {
+        let _ = id;
+        None
+    }
+}

@@ -1,0 +1,27 @@
+//! Generates the `vaultlet.v1` messages and client (and, with the `server`
+//! feature, the server trait) from the one wire definition in `proto/`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let proto = proto_root.join("vaultlet/v1/secrets.proto");
+    println!("cargo:rerun-if-changed={}", proto.display());
+    println!("cargo:rerun-if-env-changed=PROTOC");
+
+    // Honour an installed protoc; otherwise use the vendored one so a fresh machine
+    // needs nothing from apt.
+    if std::env::var_os("PROTOC").is_none() {
+        // SAFETY: build scripts are single-threaded; nothing else reads the
+        // environment concurrently.
+        unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
+    }
+
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .build_server(std::env::var_os("CARGO_FEATURE_SERVER").is_some())
+        .build_client(true)
+        .file_descriptor_set_path(out_dir.join("vaultlet_v1_descriptor.bin"))
+        .compile_protos(&[proto], &[proto_root])?;
+    Ok(())
+}

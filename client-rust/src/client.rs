@@ -1,0 +1,138 @@
+//! The client: a tonic channel over the agent's Unix socket, and the two calls.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use secrecy::ExposeSecret;
+use tokio::net::UnixStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tower::service_fn;
+
+use crate::proto::secrets_client::SecretsClient;
+use crate::{Error, Secret, SecretRef, TokenSource, WatchStream, proto};
+
+pub const SOCKET_ENV: &str = "VAULTLET_SOCKET";
+pub const DEFAULT_SOCKET: &str = "/run/vaultlet/vaultlet.sock";
+
+/// A connection to the agent. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    rpc: SecretsClient<Channel>,
+    socket: PathBuf,
+    token: TokenSource,
+    timeout: Option<Duration>,
+}
+
+impl Client {
+    /// `VAULTLET_SOCKET`, else `/run/vaultlet/vaultlet.sock`.
+    pub fn default_socket() -> PathBuf {
+        std::env::var_os(SOCKET_ENV).map(PathBuf::from).unwrap_or_else(|| DEFAULT_SOCKET.into())
+    }
+
+    /// Connects to the default socket, with the token from `VAULTLET_TOKEN_FILE`.
+    pub async fn connect_default() -> Result<Self, Error> {
+        Self::connect(Self::default_socket()).await
+    }
+
+    /// Connects to the agent listening on `socket`. The token is read from
+    /// `VAULTLET_TOKEN_FILE` (or its default path) on every call.
+    pub async fn connect(socket: impl AsRef<Path>) -> Result<Self, Error> {
+        let socket = socket.as_ref().to_path_buf();
+        let path = socket.clone();
+        // The URI is a placeholder: every connection goes to the socket. gRPC
+        // sends it as :authority, and `localhost` is what servers accept.
+        let channel = Endpoint::from_static("http://localhost")
+            .connect_with_connector(service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move { UnixStream::connect(path).await.map(TokioIo::new) }
+            }))
+            .await
+            .map_err(|source| Error::Connect { socket: socket.display().to_string(), source })?;
+        Ok(Client { rpc: SecretsClient::new(channel), socket, token: TokenSource::from_env(), timeout: None })
+    }
+
+    /// Where the token comes from (default: `TokenSource::from_env()`).
+    pub fn with_token_source(mut self, token: TokenSource) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// A deadline for each `get_secrets` call (watches have none).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Reads several secrets in one round trip, keyed by each reference as given
+    /// (`"app"`, `"payments/db:secrets.json"`).
+    pub async fn get_secrets<I, S>(&self, refs: I) -> Result<HashMap<String, Secret>, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let texts: Vec<String> = refs.into_iter().map(|r| r.as_ref().to_owned()).collect();
+        let parsed = texts.iter().map(|t| t.parse()).collect::<Result<Vec<SecretRef>, _>>()?;
+        let secrets = self.get(parsed).await?;
+        Ok(texts.into_iter().zip(secrets).collect())
+    }
+
+    /// Reads several secrets in one round trip, in the order asked.
+    pub async fn get(&self, refs: Vec<SecretRef>) -> Result<Vec<Secret>, Error> {
+        let wanted = refs.len();
+        let msg = proto::GetSecretsRequest { refs: refs.into_iter().map(Into::into).collect() };
+        let mut req = self.request(msg)?;
+        if let Some(t) = self.timeout {
+            req.set_timeout(t);
+        }
+        let resp = self.rpc.clone().get_secrets(req).await?.into_inner();
+        if resp.secrets.len() != wanted {
+            return Err(Error::Protocol(format!("asked for {wanted} secrets, got {}", resp.secrets.len())));
+        }
+        resp.secrets.into_iter().map(Secret::from_proto).collect()
+    }
+
+    /// Watches secrets: a stream of events that reconnects by itself (with
+    /// jittered backoff) when the agent restarts, resuming from the revisions
+    /// already delivered, so no revision is yielded twice. It ends only on an
+    /// error the agent gives for the request itself (bad reference, denied).
+    pub fn watch<I, S>(&self, refs: I) -> Result<WatchStream, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let parsed = refs.into_iter().map(|r| r.as_ref().parse()).collect::<Result<Vec<SecretRef>, _>>()?;
+        Ok(self.watch_refs(parsed))
+    }
+
+    /// `watch` with references already parsed.
+    pub fn watch_refs(&self, refs: Vec<SecretRef>) -> WatchStream {
+        WatchStream::new(self.clone(), refs)
+    }
+
+    pub(crate) async fn open_watch(
+        &self,
+        req: proto::WatchSecretsRequest,
+    ) -> Result<tonic::Streaming<proto::SecretEvent>, Error> {
+        let req = self.request(req)?;
+        Ok(self.rpc.clone().watch_secrets(req).await?.into_inner())
+    }
+
+    /// Wraps a message with the caller's token, read afresh.
+    fn request<T>(&self, msg: T) -> Result<tonic::Request<T>, Error> {
+        let mut req = tonic::Request::new(msg);
+        if let Some(token) = self.token.read()? {
+            let mut value = MetadataValue::try_from(format!("Bearer {}", token.expose_secret()))
+                .map_err(|_| Error::Status { code: tonic::Code::Unauthenticated, message: "the token file holds characters a token cannot contain".into() })?;
+            value.set_sensitive(true);
+            req.metadata_mut().insert("authorization", value);
+        }
+        Ok(req)
+    }
+}
