@@ -22,7 +22,10 @@ pub enum Authenticator {
 impl Authenticator {
     pub async fn authenticate<T>(&self, _request: &tonic::Request<T>) -> Result<Caller, AuthError> {
         match self {
-            Authenticator::Open { namespace } => Ok(Caller { namespace: namespace.clone(), service_account: None }),
+            Authenticator::Open { namespace } => Ok(Caller {
+                namespace: namespace.clone(),
+                service_account: None,
+            }),
         }
     }
 }

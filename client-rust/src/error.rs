@@ -11,7 +11,9 @@ pub enum Error {
     #[error("{}: {message}", code_name(*code))]
     Status { code: Code, message: String },
     /// The agent's socket could not be reached.
-    #[error("UNAVAILABLE: cannot reach the vaultlet agent at {socket}: {source} (is the agent running, and is its socket mounted?)")]
+    #[error(
+        "UNAVAILABLE: cannot reach the vaultlet agent at {socket}: {source} (is the agent running, and is its socket mounted?)"
+    )]
     Connect {
         socket: String,
         #[source]
@@ -45,7 +47,10 @@ impl Error {
 
 impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Self {
-        Error::Status { code: s.code(), message: s.message().to_owned() }
+        Error::Status {
+            code: s.code(),
+            message: s.message().to_owned(),
+        }
     }
 }
 

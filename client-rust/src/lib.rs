@@ -15,7 +15,8 @@ pub mod proto {
     tonic::include_proto!("vaultlet.v1");
 
     /// Encoded `FileDescriptorSet` of the wire API (for server reflection).
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vaultlet_v1_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("vaultlet_v1_descriptor");
 }
 
 mod client;
@@ -30,4 +31,6 @@ pub use error::{Error, code_name};
 pub use reference::{RefError, SecretRef};
 pub use secret::{Event, EventError, EventKind, Format, Secret};
 pub use token::{DEFAULT_TOKEN_FILE, TOKEN_FILE_ENV, TokenSource};
+/// Status codes, as `Error::code` returns them.
+pub use tonic::Code;
 pub use watch::WatchStream;

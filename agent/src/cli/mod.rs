@@ -23,7 +23,13 @@ mod watch;
 )]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, env = "VAULTLET_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "VAULTLET_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -69,7 +75,10 @@ pub type CmdResult = Result<(), Box<dyn std::error::Error>>;
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vaultlet: cannot start the async runtime: {e}");

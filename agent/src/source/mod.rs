@@ -26,7 +26,10 @@ pub enum Loaded {
     Version(SecretVersion),
     /// The secret exists at this revision but cannot be decoded (bad ciphertext,
     /// a document that does not parse). Retrying will not help until it changes.
-    Invalid { revision: String, message: String },
+    Invalid {
+        revision: String,
+        message: String,
+    },
 }
 
 /// A backend needed to decode the secret cannot be reached; retrying may help.
@@ -37,7 +40,11 @@ pub struct Unavailable(pub String);
 pub trait SecretSource: Send + Sync + 'static {
     /// Loads and decodes the current version of `id`. With `known`, a source may
     /// answer `Unchanged` without decoding when the revision is still `known`.
-    fn load<'a>(&'a self, id: &'a SecretId, known: Option<&'a str>) -> BoxFuture<'a, Result<Loaded, Unavailable>>;
+    fn load<'a>(
+        &'a self,
+        id: &'a SecretId,
+        known: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Loaded, Unavailable>>;
 
     /// A hint for a person when `id` does not exist (where it was looked for).
     fn absent_hint(&self, id: &SecretId) -> Option<String> {

@@ -1,0 +1,144 @@
+//! Runs the `vaultlet` binary as a separate process, as operators do, so tests
+//! can restart, terminate or kill it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The agent binary: `VAULTLET_BIN`, else `vaultlet` next to the test's own
+/// target directory (`target/debug/deps/test-... -> target/debug/vaultlet`).
+pub fn vaultlet_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("VAULTLET_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let bin = dir.join("vaultlet");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build -p vaultlet` (or set VAULTLET_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `vaultlet ARGS...` to completion.
+pub fn vaultlet(args: &[&str]) -> Output {
+    Command::new(vaultlet_bin())
+        .args(args)
+        .env("VAULTLET_LOG", "warn")
+        .output()
+        .expect("run vaultlet")
+}
+
+/// A running agent; killed when dropped.
+pub struct AgentProcess {
+    child: Child,
+    pub socket: PathBuf,
+    args: Vec<String>,
+}
+
+impl AgentProcess {
+    /// Starts `vaultlet ARGS...` and waits until `socket` accepts connections.
+    pub fn start(args: &[&str], socket: &Path) -> AgentProcess {
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        let child = spawn(&args);
+        let mut agent = AgentProcess {
+            child,
+            socket: socket.to_owned(),
+            args,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    /// `vaultlet dev --secrets-dir DIR --socket SOCKET`.
+    pub fn dev(dir: &Path, socket: &Path) -> AgentProcess {
+        let (d, s) = (dir.to_str().unwrap(), socket.to_str().unwrap());
+        AgentProcess::start(&["dev", "--secrets-dir", d, "--socket", s], socket)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("agent status") {
+                panic!(
+                    "agent exited before listening ({status}): vaultlet {}",
+                    self.args.join(" ")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not listen on {} within 20 s",
+                self.socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits for the exit (at most `within`); returns the exit code.
+    pub fn terminate(&mut self, within: Duration) -> Option<i32> {
+        self.signal(Signal::SIGTERM);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("agent status") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent still running {within:?} after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to clean up (the socket file stays behind).
+    pub fn kill(&mut self) {
+        self.signal(Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same command again (after `terminate` or `kill`).
+    pub fn restart(&mut self) {
+        self.child = spawn(&self.args);
+        self.wait_ready();
+    }
+
+    fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), sig);
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.kill();
+        }
+    }
+}
+
+fn spawn(args: &[String]) -> Child {
+    Command::new(vaultlet_bin())
+        .args(args)
+        .env(
+            "VAULTLET_LOG",
+            std::env::var("VAULTLET_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start vaultlet")
+}
