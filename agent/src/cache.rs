@@ -26,10 +26,7 @@ pub enum SecretState {
     Absent,
     /// `version` is the newest version that decoded; `error` is set when a newer
     /// revision exists that does not.
-    Ready {
-        version: Arc<SecretVersion>,
-        error: Option<Arc<VersionError>>,
-    },
+    Ready { version: Arc<SecretVersion>, error: Option<Arc<VersionError>> },
     /// The secret exists but no version of it has decoded yet.
     Failed(Arc<VersionError>),
 }
@@ -74,10 +71,7 @@ pub struct Cache {
 
 impl Cache {
     pub fn new(source: Arc<dyn SecretSource>) -> Arc<Cache> {
-        Arc::new(Cache {
-            source,
-            entries: RwLock::default(),
-        })
+        Arc::new(Cache { source, entries: RwLock::default() })
     }
 
     pub fn source(&self) -> &dyn SecretSource {
@@ -91,10 +85,7 @@ impl Cache {
     }
 
     /// A receiver that sees every later state of `id` (the latest, when it lags).
-    pub async fn subscribe(
-        &self,
-        id: &SecretId,
-    ) -> Result<watch::Receiver<Arc<SecretState>>, Unavailable> {
+    pub async fn subscribe(&self, id: &SecretId) -> Result<watch::Receiver<Arc<SecretState>>, Unavailable> {
         Ok(self.sender(id).await?.subscribe())
     }
 
@@ -102,13 +93,7 @@ impl Cache {
         let existing = self.entries.read().expect("cache lock").get(id).cloned();
         let entry = match existing {
             Some(e) => e,
-            None => self
-                .entries
-                .write()
-                .expect("cache lock")
-                .entry(id.clone())
-                .or_default()
-                .clone(),
+            None => self.entries.write().expect("cache lock").entry(id.clone()).or_default().clone(),
         };
         if let Some(tx) = entry.state.get() {
             return Ok(tx.clone());
@@ -161,35 +146,25 @@ impl Cache {
             let current = tx.borrow().clone();
             let next = match self.source.load(&id, current.attempted_revision()).await {
                 Ok(Loaded::Unchanged) => None,
-                Ok(Loaded::Absent) => {
-                    (!matches!(*current, SecretState::Absent)).then_some(SecretState::Absent)
-                }
+                Ok(Loaded::Absent) => (!matches!(*current, SecretState::Absent)).then_some(SecretState::Absent),
                 Ok(Loaded::Version(v)) => {
                     let v = match current.good() {
                         Some(old) => v.share_unchanged(old),
                         None => v,
                     };
-                    Some(SecretState::Ready {
-                        version: Arc::new(v),
-                        error: None,
-                    })
+                    Some(SecretState::Ready { version: Arc::new(v), error: None })
                 }
                 Ok(Loaded::Invalid { revision, message }) => {
                     tracing::warn!(secret = %id, %revision, %message, "new revision cannot be decoded; the last good one stays served");
                     let error = Arc::new(VersionError { revision, message });
                     Some(match current.good() {
-                        Some(version) => SecretState::Ready {
-                            version: version.clone(),
-                            error: Some(error),
-                        },
+                        Some(version) => SecretState::Ready { version: version.clone(), error: Some(error) },
                         None => SecretState::Failed(error),
                     })
                 }
                 Err(e) => {
                     let attempt = entry.retries.fetch_add(1, Ordering::Relaxed);
-                    let wait = RETRY_FIRST
-                        .saturating_mul(1 << attempt.min(7))
-                        .min(RETRY_MAX);
+                    let wait = RETRY_FIRST.saturating_mul(1 << attempt.min(7)).min(RETRY_MAX);
                     tracing::warn!(secret = %id, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot load the new revision; serving the last one");
                     let retry = self.clone().refresh(id);
                     tokio::spawn(async move {
@@ -209,15 +184,10 @@ impl Cache {
     /// Forgets absent secrets nobody watches (so asking for random names cannot
     /// grow memory without bound) and entries whose first load failed.
     fn sweep(&self) {
-        self.entries
-            .write()
-            .expect("cache lock")
-            .retain(|_, e| match e.state.get() {
-                None => Arc::strong_count(e) > 1,
-                Some(tx) => {
-                    !matches!(**tx.borrow(), SecretState::Absent) || tx.receiver_count() > 0
-                }
-            });
+        self.entries.write().expect("cache lock").retain(|_, e| match e.state.get() {
+            None => Arc::strong_count(e) > 1,
+            Some(tx) => !matches!(**tx.borrow(), SecretState::Absent) || tx.receiver_count() > 0,
+        });
     }
 
     #[cfg(test)]
@@ -247,19 +217,12 @@ mod tests {
 
     impl Scripted {
         fn set(&self, id: &SecretId, revision: &str, json: &str) {
-            self.docs
-                .lock()
-                .unwrap()
-                .insert(id.clone(), (revision.into(), json.into()));
+            self.docs.lock().unwrap().insert(id.clone(), (revision.into(), json.into()));
         }
     }
 
     impl SecretSource for Scripted {
-        fn load<'a>(
-            &'a self,
-            id: &'a SecretId,
-            known: Option<&'a str>,
-        ) -> BoxFuture<'a, Result<Loaded, Unavailable>> {
+        fn load<'a>(&'a self, id: &'a SecretId, known: Option<&'a str>) -> BoxFuture<'a, Result<Loaded, Unavailable>> {
             async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 if *self.down.lock().unwrap() {
@@ -273,15 +236,9 @@ mod tests {
                 }
                 self.decodes.fetch_add(1, Ordering::SeqCst);
                 if *self.broken.lock().unwrap() {
-                    return Ok(Loaded::Invalid {
-                        revision: rev,
-                        message: "bad".into(),
-                    });
+                    return Ok(Loaded::Invalid { revision: rev, message: "bad".into() });
                 }
-                Ok(Loaded::Version(version(
-                    &rev,
-                    &[("k", rev.len() as u32, &json)],
-                )))
+                Ok(Loaded::Version(version(&rev, &[("k", rev.len() as u32, &json)])))
             }
             .boxed()
         }
@@ -290,12 +247,9 @@ mod tests {
     fn values(state: &SecretState) -> String {
         use secrecy::ExposeSecret;
         match state {
-            SecretState::Ready { version, .. } => version.documents["k"]
-                .doc
-                .values
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.expose_secret()))
-                .collect(),
+            SecretState::Ready { version, .. } => {
+                version.documents["k"].doc.values.iter().map(|(k, v)| format!("{k}={}", v.expose_secret())).collect()
+            }
             SecretState::Absent => "absent".into(),
             SecretState::Failed(_) => "failed".into(),
         }
@@ -332,8 +286,7 @@ mod tests {
         src.set(&id, "22", r#"{"a":"1"}"#);
         cache.clone().refresh(id.clone()).await;
         let second = rx.borrow_and_update().clone();
-        let (SecretState::Ready { version: v1, .. }, SecretState::Ready { version: v2, .. }) =
-            (&*first, &*second)
+        let (SecretState::Ready { version: v1, .. }, SecretState::Ready { version: v2, .. }) = (&*first, &*second)
         else {
             panic!()
         };
@@ -358,9 +311,7 @@ mod tests {
         *src.broken.lock().unwrap() = true;
         cache.clone().refresh(id.clone()).await;
         let state = cache.state(&id).await.unwrap();
-        let SecretState::Ready { error: Some(e), .. } = &*state else {
-            panic!("expected last good + error")
-        };
+        let SecretState::Ready { error: Some(e), .. } = &*state else { panic!("expected last good + error") };
         assert_eq!(e.revision, "2");
         assert_eq!(values(&state), "a=1");
         // Recovery on the next good revision.
@@ -385,10 +336,7 @@ mod tests {
         cache.clone().refresh(id.clone()).await;
         assert_eq!(values(&cache.state(&id).await.unwrap()), "a=1");
         *src.down.lock().unwrap() = false;
-        tokio::time::timeout(Duration::from_secs(5), rx.changed())
-            .await
-            .expect("retried")
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await.expect("retried").unwrap();
         assert_eq!(values(&rx.borrow()), "a=2");
     }
 
@@ -398,15 +346,8 @@ mod tests {
         let cache = Cache::new(src.clone());
         let id = SecretId::new("default", "nope");
         cache.clone().refresh(id.clone()).await;
-        assert_eq!(
-            cache.len(),
-            0,
-            "a change to a secret nobody asked for costs nothing"
-        );
-        assert!(matches!(
-            *cache.state(&id).await.unwrap(),
-            SecretState::Absent
-        ));
+        assert_eq!(cache.len(), 0, "a change to a secret nobody asked for costs nothing");
+        assert!(matches!(*cache.state(&id).await.unwrap(), SecretState::Absent));
         let rx = cache.subscribe(&id).await.unwrap();
         cache.sweep();
         assert_eq!(cache.len(), 1, "watched");

@@ -38,10 +38,7 @@ impl Document {
         let parsed = parse_values(format, &plaintext);
         let raw = SecretBox::new(plaintext.as_slice().into());
         plaintext.zeroize();
-        Ok(Document {
-            values: parsed?,
-            raw,
-        })
+        Ok(Document { values: parsed?, raw })
     }
 
     /// True when both documents hold the same fields and values (and, for
@@ -58,10 +55,7 @@ impl Document {
     }
 }
 
-fn parse_values(
-    format: Format,
-    text: &[u8],
-) -> Result<BTreeMap<String, SecretString>, DocumentError> {
+fn parse_values(format: Format, text: &[u8]) -> Result<BTreeMap<String, SecretString>, DocumentError> {
     if text.len() > MAX_DOCUMENT_BYTES {
         return Err(DocumentError::TooLarge(text.len()));
     }
@@ -69,28 +63,20 @@ fn parse_values(
         Format::Raw => Ok(BTreeMap::new()),
         Format::Json | Format::Unspecified => {
             let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| {
-                DocumentError::Json(format!(
-                    "{} at line {}, column {}",
-                    json_error_kind(&e),
-                    e.line(),
-                    e.column()
-                ))
+                DocumentError::Json(format!("{} at line {}, column {}", json_error_kind(&e), e.line(), e.column()))
             })?;
             Ok(fields_of(value))
         }
         Format::Yaml => {
-            let text =
-                std::str::from_utf8(text).map_err(|e| DocumentError::Utf8(e.valid_up_to()))?;
+            let text = std::str::from_utf8(text).map_err(|e| DocumentError::Utf8(e.valid_up_to()))?;
             if text.trim().is_empty() {
                 return Ok(BTreeMap::new());
             }
-            let value: serde_json::Value =
-                serde_saphyr::from_str(text).map_err(|e| yaml_error(&e))?;
+            let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| yaml_error(&e))?;
             Ok(fields_of(value))
         }
         Format::Env => {
-            let text =
-                std::str::from_utf8(text).map_err(|e| DocumentError::Utf8(e.valid_up_to()))?;
+            let text = std::str::from_utf8(text).map_err(|e| DocumentError::Utf8(e.valid_up_to()))?;
             parse_env(text)
         }
     }
@@ -170,14 +156,9 @@ fn parse_env(text: &str) -> Result<BTreeMap<String, SecretString>, DocumentError
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let line = line
-            .strip_prefix("export ")
-            .map(str::trim_start)
-            .unwrap_or(line);
+        let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
         let Some((key, rest)) = line.split_once('=') else {
-            return Err(DocumentError::Env(format!(
-                "line {line_no}: expected KEY=VALUE"
-            )));
+            return Err(DocumentError::Env(format!("line {line_no}: expected KEY=VALUE")));
         };
         let key = key.trim_end();
         if !is_env_key(key) {
@@ -188,9 +169,7 @@ fn parse_env(text: &str) -> Result<BTreeMap<String, SecretString>, DocumentError
         let rest = rest.trim_start();
         let value = if let Some(body) = rest.strip_prefix('\'') {
             let Some(end) = body.find('\'') else {
-                return Err(DocumentError::Env(format!(
-                    "line {line_no}: unterminated single quote"
-                )));
+                return Err(DocumentError::Env(format!("line {line_no}: unterminated single quote")));
             };
             expect_end(&body[end + 1..], line_no)?;
             body[..end].to_owned()
@@ -209,9 +188,7 @@ fn parse_env(text: &str) -> Result<BTreeMap<String, SecretString>, DocumentError
                         chunk.zeroize();
                         let Some((j, next)) = lines.next() else {
                             value.zeroize();
-                            return Err(DocumentError::Env(format!(
-                                "line {line_no}: unterminated double quote"
-                            )));
+                            return Err(DocumentError::Env(format!("line {line_no}: unterminated double quote")));
                         };
                         value.push('\n');
                         current = j + 1;
@@ -220,9 +197,7 @@ fn parse_env(text: &str) -> Result<BTreeMap<String, SecretString>, DocumentError
                     Err(()) => {
                         value.zeroize();
                         chunk.zeroize();
-                        return Err(DocumentError::Env(format!(
-                            "line {current}: unknown escape sequence"
-                        )));
+                        return Err(DocumentError::Env(format!("line {current}: unknown escape sequence")));
                     }
                 }
             }
@@ -239,8 +214,7 @@ fn parse_env(text: &str) -> Result<BTreeMap<String, SecretString>, DocumentError
 fn is_env_key(k: &str) -> bool {
     !k.is_empty()
         && !k.starts_with(|c: char| c.is_ascii_digit())
-        && k.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && k.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 /// Appends the unescaped text of `s` up to an unescaped `"` and returns the byte
@@ -270,9 +244,7 @@ fn expect_end(rest: &str, line_no: usize) -> Result<(), DocumentError> {
     if rest.is_empty() || rest.starts_with('#') {
         Ok(())
     } else {
-        Err(DocumentError::Env(format!(
-            "line {line_no}: unexpected text after the closing quote"
-        )))
+        Err(DocumentError::Env(format!("line {line_no}: unexpected text after the closing quote")))
     }
 }
 
@@ -284,24 +256,16 @@ mod tests {
 
     fn fields(format: Format, text: &str) -> BTreeMap<String, String> {
         let doc = Document::parse(format, text.as_bytes().to_vec()).unwrap();
-        doc.values
-            .iter()
-            .map(|(k, v)| (k.clone(), v.expose_secret().to_owned()))
-            .collect()
+        doc.values.iter().map(|(k, v)| (k.clone(), v.expose_secret().to_owned())).collect()
     }
 
     fn err(format: Format, text: &str) -> DocumentError {
-        Document::parse(format, text.as_bytes().to_vec())
-            .err()
-            .expect("should fail")
+        Document::parse(format, text.as_bytes().to_vec()).err().expect("should fail")
     }
 
     #[test]
     fn json_object_fields_keep_strings_and_encode_the_rest() {
-        let f = fields(
-            Format::Json,
-            r#"{"user":"app","port":5432,"tls":true,"opts":{"a":[1,"x"]},"none":null}"#,
-        );
+        let f = fields(Format::Json, r#"{"user":"app","port":5432,"tls":true,"opts":{"a":[1,"x"]},"none":null}"#);
         assert_eq!(f["user"], "app");
         assert_eq!(f["port"], "5432");
         assert_eq!(f["tls"], "true");
@@ -324,18 +288,12 @@ mod tests {
         let e = err(Format::Json, "{\"password\": \"hunter2\",,}");
         let msg = e.to_string();
         assert!(msg.contains("line 1"), "{msg}");
-        assert!(
-            !msg.contains("hunter2") && !msg.contains("password"),
-            "{msg}"
-        );
+        assert!(!msg.contains("hunter2") && !msg.contains("password"), "{msg}");
     }
 
     #[test]
     fn yaml_fields_and_errors() {
-        let f = fields(
-            Format::Yaml,
-            "user: app\nport: 5432\nlist:\n  - a\n  - b\nquoted: \"x: y\"\n",
-        );
+        let f = fields(Format::Yaml, "user: app\nport: 5432\nlist:\n  - a\n  - b\nquoted: \"x: y\"\n");
         assert_eq!(f["user"], "app");
         assert_eq!(f["port"], "5432");
         assert_eq!(f["list"], r#"["a","b"]"#);
@@ -364,38 +322,22 @@ mod tests {
 
     #[test]
     fn env_errors_name_the_line() {
-        assert!(
-            err(Format::Env, "A=1\nnot a pair\n")
-                .to_string()
-                .contains("line 2")
-        );
+        assert!(err(Format::Env, "A=1\nnot a pair\n").to_string().contains("line 2"));
         assert!(err(Format::Env, "1A=x").to_string().contains("line 1"));
-        assert!(
-            err(Format::Env, "A=\"open\nB=2\n")
-                .to_string()
-                .contains("unterminated")
-        );
-        assert!(
-            err(Format::Env, "A=\"bad \\q\"")
-                .to_string()
-                .contains("escape")
-        );
+        assert!(err(Format::Env, "A=\"open\nB=2\n").to_string().contains("unterminated"));
+        assert!(err(Format::Env, "A=\"bad \\q\"").to_string().contains("escape"));
     }
 
     #[test]
     fn oversized_documents_are_refused() {
         let big = vec![b' '; MAX_DOCUMENT_BYTES + 1];
-        assert!(matches!(
-            Document::parse(Format::Json, big),
-            Err(DocumentError::TooLarge(_))
-        ));
+        assert!(matches!(Document::parse(Format::Json, big), Err(DocumentError::TooLarge(_))));
     }
 
     #[test]
     fn content_comparison_ignores_formatting_only() {
         let a = Document::parse(Format::Json, br#"{"a":"1","b":"2"}"#.to_vec()).unwrap();
-        let b =
-            Document::parse(Format::Json, b"{ \"b\": \"2\",\n  \"a\": \"1\" }".to_vec()).unwrap();
+        let b = Document::parse(Format::Json, b"{ \"b\": \"2\",\n  \"a\": \"1\" }".to_vec()).unwrap();
         let c = Document::parse(Format::Json, br#"{"a":"1","b":"3"}"#.to_vec()).unwrap();
         assert!(a.same_content(&b));
         assert!(!a.same_content(&c));

@@ -54,9 +54,7 @@ pub fn events(watched: Vec<Watched>) -> BoxStream<'static, HubEvent> {
             known_revision: w.known_revision,
             failed_revision: None,
         };
-        WatchStream::new(w.states)
-            .flat_map(move |state| stream::iter(tracker.advance(&state)))
-            .boxed()
+        WatchStream::new(w.states).flat_map(move |state| stream::iter(tracker.advance(&state))).boxed()
     });
     stream::select_all(streams).boxed()
 }
@@ -79,20 +77,8 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn event(
-        &self,
-        kind: EventKind,
-        version: Option<Arc<SecretVersion>>,
-        error: Option<EventError>,
-    ) -> HubEvent {
-        HubEvent {
-            kind,
-            index: self.index,
-            id: self.id.clone(),
-            reference: self.reference.clone(),
-            version,
-            error,
-        }
+    fn event(&self, kind: EventKind, version: Option<Arc<SecretVersion>>, error: Option<EventError>) -> HubEvent {
+        HubEvent { kind, index: self.index, id: self.id.clone(), reference: self.reference.clone(), version, error }
     }
 
     /// The events that take the subscriber from what it holds to `state`.
@@ -151,14 +137,11 @@ impl Tracker {
                 }
             }
             Sent::Deleted => Some(EventKind::ContentChanged),
-            Sent::Version(old) if Arc::ptr_eq(old, version) || old.revision == version.revision => {
-                None
-            }
+            Sent::Version(old) if Arc::ptr_eq(old, version) || old.revision == version.revision => None,
             Sent::Version(old) => {
                 if !version.same_view(old, &self.id, &self.reference) {
                     Some(EventKind::ContentChanged)
-                } else if key_version(old, &self.id, &self.reference)
-                    != key_version(version, &self.id, &self.reference)
+                } else if key_version(old, &self.id, &self.reference) != key_version(version, &self.id, &self.reference)
                 {
                     Some(EventKind::Recrypted)
                 } else {
@@ -201,43 +184,21 @@ mod tests {
     use crate::secret::tests::version;
 
     fn ready(v: SecretVersion) -> Arc<SecretState> {
-        Arc::new(SecretState::Ready {
-            version: Arc::new(v),
-            error: None,
-        })
+        Arc::new(SecretState::Ready { version: Arc::new(v), error: None })
     }
 
-    fn watched(
-        index: u32,
-        r: &str,
-        known: Option<&str>,
-        rx: watch::Receiver<Arc<SecretState>>,
-    ) -> Watched {
+    fn watched(index: u32, r: &str, known: Option<&str>, rx: watch::Receiver<Arc<SecretState>>) -> Watched {
         let reference: SecretRef = r.parse().unwrap();
         let id = SecretId::new("default", reference.name.clone());
-        Watched {
-            index,
-            id,
-            reference,
-            known_revision: known.map(Into::into),
-            states: rx,
-        }
+        Watched { index, id, reference, known_revision: known.map(Into::into), states: rx }
     }
 
     async fn next(s: &mut BoxStream<'static, HubEvent>) -> HubEvent {
-        tokio::time::timeout(Duration::from_secs(2), s.next())
-            .await
-            .expect("event in time")
-            .expect("open stream")
+        tokio::time::timeout(Duration::from_secs(2), s.next()).await.expect("event in time").expect("open stream")
     }
 
     async fn quiet(s: &mut BoxStream<'static, HubEvent>) {
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), s.next())
-                .await
-                .is_err(),
-            "expected no event"
-        );
+        assert!(tokio::time::timeout(Duration::from_millis(50), s.next()).await.is_err(), "expected no event");
     }
 
     #[tokio::test]
@@ -248,9 +209,7 @@ mod tests {
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
 
         let current = tx.borrow().clone();
-        let SecretState::Ready { version: old, .. } = &*current else {
-            panic!()
-        };
+        let SecretState::Ready { version: old, .. } = &*current else { panic!() };
         let v2 = version("2", &[("k", 2, r#"{"a":"1"}"#)]).share_unchanged(old);
         tx.send_replace(ready(v2));
         let e = next(&mut s).await;
@@ -282,31 +241,17 @@ mod tests {
     #[tokio::test]
     async fn errors_are_reported_once_with_the_last_good_version() {
         let good = Arc::new(version("1", &[("k", 1, r#"{"a":"1"}"#)]));
-        let failing = |rev: &str| {
-            Some(Arc::new(VersionError {
-                revision: rev.into(),
-                message: "bad".into(),
-            }))
-        };
-        let (tx, rx) = watch::channel(Arc::new(SecretState::Ready {
-            version: good.clone(),
-            error: failing("2"),
-        }));
+        let failing = |rev: &str| Some(Arc::new(VersionError { revision: rev.into(), message: "bad".into() }));
+        let (tx, rx) = watch::channel(Arc::new(SecretState::Ready { version: good.clone(), error: failing("2") }));
         let mut s = events(vec![watched(0, "app", None, rx)]);
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
         let e = next(&mut s).await;
         assert_eq!(e.kind, EventKind::Error);
         assert_eq!(e.version.unwrap().revision, "1");
         assert_eq!(e.error.unwrap().revision, "2");
-        tx.send_replace(Arc::new(SecretState::Ready {
-            version: good.clone(),
-            error: failing("2"),
-        }));
+        tx.send_replace(Arc::new(SecretState::Ready { version: good.clone(), error: failing("2") }));
         quiet(&mut s).await;
-        tx.send_replace(Arc::new(SecretState::Ready {
-            version: good,
-            error: failing("3"),
-        }));
+        tx.send_replace(Arc::new(SecretState::Ready { version: good, error: failing("3") }));
         assert_eq!(next(&mut s).await.kind, EventKind::Error);
     }
 
@@ -318,38 +263,27 @@ mod tests {
         assert_eq!(next(&mut fast).await.kind, EventKind::Snapshot);
         assert_eq!(next(&mut slow).await.kind, EventKind::Snapshot);
         for n in 1..=1000 {
-            tx.send_replace(ready(version(
-                &n.to_string(),
-                &[("k", 1, &format!(r#"{{"n":"{n}"}}"#))],
-            )));
+            tx.send_replace(ready(version(&n.to_string(), &[("k", 1, &format!(r#"{{"n":"{n}"}}"#))])));
             // The fast one keeps up with every change while the slow one reads nothing.
             let e = next(&mut fast).await;
             assert_eq!(e.version.unwrap().revision, n.to_string());
         }
         let e = next(&mut slow).await;
-        assert_eq!(
-            (e.kind, e.version.unwrap().revision.as_str()),
-            (EventKind::ContentChanged, "1000")
-        );
+        assert_eq!((e.kind, e.version.unwrap().revision.as_str()), (EventKind::ContentChanged, "1000"));
         quiet(&mut slow).await;
     }
 
     #[tokio::test]
     async fn one_change_reaches_many_subscribers() {
         let (tx, rx) = watch::channel(ready(version("0", &[("k", 1, r#"{"n":"0"}"#)])));
-        let mut subs: Vec<_> = (0..500)
-            .map(|_| events(vec![watched(0, "app", None, rx.clone())]))
-            .collect();
+        let mut subs: Vec<_> = (0..500).map(|_| events(vec![watched(0, "app", None, rx.clone())])).collect();
         for s in &mut subs {
             assert_eq!(next(s).await.kind, EventKind::Snapshot);
         }
         tx.send_replace(ready(version("1", &[("k", 2, r#"{"n":"1"}"#)])));
         for s in &mut subs {
             let e = next(s).await;
-            assert_eq!(
-                (e.kind, e.version.unwrap().revision.as_str()),
-                (EventKind::ContentChanged, "1")
-            );
+            assert_eq!((e.kind, e.version.unwrap().revision.as_str()), (EventKind::ContentChanged, "1"));
         }
     }
 
@@ -361,10 +295,7 @@ mod tests {
         let mut s = events(vec![r, watched(1, "app", None, rx)]);
         let mut kinds = vec![next(&mut s).await, next(&mut s).await];
         kinds.sort_by_key(|e| e.index);
-        assert_eq!(
-            kinds.iter().map(|e| e.kind).collect::<Vec<_>>(),
-            [EventKind::Snapshot, EventKind::Snapshot]
-        );
+        assert_eq!(kinds.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::Snapshot, EventKind::Snapshot]);
         tx.send_replace(ready(version("2", &[("k", 1, r#"{"a":"1"}"#)])));
         let mut got = vec![next(&mut s).await, next(&mut s).await];
         got.sort_by_key(|e| e.index);

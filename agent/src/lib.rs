@@ -4,12 +4,16 @@
 //! `source` (and, in production, Transit). Changes flow back through the
 //! cache's state channels to `hub`, which fans them out to subscribers.
 
+pub mod admin;
 pub mod cache;
 pub mod cli;
+pub mod config;
 pub mod document;
 pub mod hub;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod secret;
 pub mod server;
 pub mod source;
+pub mod transit;

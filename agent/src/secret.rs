@@ -19,10 +19,7 @@ pub struct SecretId {
 
 impl SecretId {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        SecretId {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        SecretId { namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -53,22 +50,11 @@ pub struct SecretVersion {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProjectionError {
     #[error("secret {id} has no data key {key:?} (it has: {available})")]
-    NoDataKey {
-        id: String,
-        key: String,
-        available: String,
-    },
+    NoDataKey { id: String, key: String, available: String },
     #[error("secret {id} has no field {field:?}")]
     NoField { id: String, field: String },
-    #[error(
-        "field {field:?} of secret {id} is in data keys {first:?} and {second:?}; name one as {id}:DATA_KEY"
-    )]
-    AmbiguousField {
-        id: String,
-        field: String,
-        first: String,
-        second: String,
-    },
+    #[error("field {field:?} of secret {id} is in data keys {first:?} and {second:?}; name one as {id}:DATA_KEY")]
+    AmbiguousField { id: String, field: String, first: String, second: String },
     #[error("secret {id} has no data")]
     Empty { id: String },
 }
@@ -78,12 +64,8 @@ impl ProjectionError {
     /// a secret that cannot serve the reference as it stands.
     pub fn code(&self) -> tonic::Code {
         match self {
-            ProjectionError::NoDataKey { .. } | ProjectionError::NoField { .. } => {
-                tonic::Code::NotFound
-            }
-            ProjectionError::AmbiguousField { .. } | ProjectionError::Empty { .. } => {
-                tonic::Code::FailedPrecondition
-            }
+            ProjectionError::NoDataKey { .. } | ProjectionError::NoField { .. } => tonic::Code::NotFound,
+            ProjectionError::AmbiguousField { .. } | ProjectionError::Empty { .. } => tonic::Code::FailedPrecondition,
         }
     }
 }
@@ -123,35 +105,20 @@ impl SecretVersion {
                 None => Err(ProjectionError::NoDataKey {
                     id: id.to_string(),
                     key: key.clone(),
-                    available: self
-                        .documents
-                        .keys()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    available: self.documents.keys().map(String::as_str).collect::<Vec<_>>().join(", "),
                 }),
             },
             None if self.documents.is_empty() => Err(ProjectionError::Empty { id: id.to_string() }),
-            None => Ok(self
-                .documents
-                .iter()
-                .map(|(k, dv)| (k.as_str(), dv))
-                .collect()),
+            None => Ok(self.documents.iter().map(|(k, dv)| (k.as_str(), dv)).collect()),
         }
     }
 
     /// The values, raw text and key version `r` selects.
-    pub fn project<'a>(
-        &'a self,
-        id: &SecretId,
-        r: &SecretRef,
-    ) -> Result<View<'a>, ProjectionError> {
+    pub fn project<'a>(&'a self, id: &SecretId, r: &SecretRef) -> Result<View<'a>, ProjectionError> {
         let docs = self.selected(id, r)?;
         let key_version = docs.iter().map(|(_, dv)| dv.key_version).max().unwrap_or(0);
         let format = match docs.split_first() {
-            Some(((_, first), rest)) if rest.iter().all(|(_, dv)| dv.format == first.format) => {
-                first.format
-            }
+            Some(((_, first), rest)) if rest.iter().all(|(_, dv)| dv.format == first.format) => first.format,
             _ => Format::Unspecified,
         };
         let mut merged: BTreeMap<&'a str, (&'a str, &'a SecretString)> = BTreeMap::new();
@@ -174,10 +141,7 @@ impl SecretVersion {
                 .iter()
                 .map(|f| match merged.get_key_value(f.as_str()) {
                     Some((name, (_, v))) => Ok((*name, *v)),
-                    None => Err(ProjectionError::NoField {
-                        id: id.to_string(),
-                        field: f.clone(),
-                    }),
+                    None => Err(ProjectionError::NoField { id: id.to_string(), field: f.clone() }),
                 })
                 .collect::<Result<_, _>>()?
         };
@@ -185,12 +149,7 @@ impl SecretVersion {
             [(_, dv)] if r.fields.is_empty() => Some(dv.doc.raw.expose_secret().as_ref()),
             _ => None,
         };
-        Ok(View {
-            values,
-            raw,
-            key_version,
-            format,
-        })
+        Ok(View { values, raw, key_version, format })
     }
 
     /// True when `r` sees the same values in both versions.
@@ -198,10 +157,7 @@ impl SecretVersion {
         let (Ok(a), Ok(b)) = (self.selected(id, r), other.selected(id, r)) else {
             return false;
         };
-        if a.len() == b.len()
-            && a.iter()
-                .zip(&b)
-                .all(|((ka, da), (kb, db))| ka == kb && Arc::ptr_eq(&da.doc, &db.doc))
+        if a.len() == b.len() && a.iter().zip(&b).all(|((ka, da), (kb, db))| ka == kb && Arc::ptr_eq(&da.doc, &db.doc))
         {
             return true;
         }
@@ -211,9 +167,11 @@ impl SecretVersion {
         match (self.project(id, r), other.project(id, r)) {
             (Ok(va), Ok(vb)) => {
                 va.values.len() == vb.values.len()
-                    && va.values.iter().zip(&vb.values).all(|((fa, a), (fb, b))| {
-                        fa == fb && a.expose_secret() == b.expose_secret()
-                    })
+                    && va
+                        .values
+                        .iter()
+                        .zip(&vb.values)
+                        .all(|((fa, a), (fb, b))| fa == fb && a.expose_secret() == b.expose_secret())
             }
             _ => false,
         }
@@ -231,14 +189,7 @@ pub(crate) mod tests {
                 .iter()
                 .map(|(k, kv, text)| {
                     let doc = Document::parse(Format::Json, text.as_bytes().to_vec()).unwrap();
-                    (
-                        (*k).to_owned(),
-                        DocumentVersion {
-                            doc: Arc::new(doc),
-                            key_version: *kv,
-                            format: Format::Json,
-                        },
-                    )
+                    ((*k).to_owned(), DocumentVersion { doc: Arc::new(doc), key_version: *kv, format: Format::Json })
                 })
                 .collect(),
         }
@@ -251,22 +202,13 @@ pub(crate) mod tests {
     }
 
     fn values(v: &View<'_>) -> Vec<(String, String)> {
-        v.values
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.expose_secret().to_owned()))
-            .collect()
+        v.values.iter().map(|(k, v)| ((*k).to_owned(), v.expose_secret().to_owned())).collect()
     }
 
     #[test]
     fn projects_keys_fields_and_raw() {
         let id = SecretId::new("default", "app");
-        let v = version(
-            "1",
-            &[
-                ("a.json", 2, r#"{"x":"1","y":"2"}"#),
-                ("b.json", 3, r#"{"z":"3"}"#),
-            ],
-        );
+        let v = version("1", &[("a.json", 2, r#"{"x":"1","y":"2"}"#), ("b.json", 3, r#"{"z":"3"}"#)]);
         let all = v.project(&id, &r("app", &[])).unwrap();
         assert_eq!(values(&all).len(), 3);
         assert_eq!(all.key_version, 3);
@@ -275,54 +217,27 @@ pub(crate) mod tests {
         assert_eq!(one.key_version, 2);
         assert_eq!(one.raw, Some(&br#"{"x":"1","y":"2"}"#[..]));
         let sub = v.project(&id, &r("app", &["z", "x"])).unwrap();
-        assert_eq!(
-            values(&sub),
-            vec![("z".into(), "3".into()), ("x".into(), "1".into())]
-        );
+        assert_eq!(values(&sub), vec![("z".into(), "3".into()), ("x".into(), "1".into())]);
         assert!(sub.raw.is_none());
     }
 
     #[test]
     fn projection_errors_are_specific() {
         let id = SecretId::new("default", "app");
-        let v = version(
-            "1",
-            &[("a.json", 1, r#"{"x":"1"}"#), ("b.json", 1, r#"{"x":"2"}"#)],
-        );
-        assert!(matches!(
-            v.project(&id, &r("app", &[])),
-            Err(ProjectionError::AmbiguousField { .. })
-        ));
+        let v = version("1", &[("a.json", 1, r#"{"x":"1"}"#), ("b.json", 1, r#"{"x":"2"}"#)]);
+        assert!(matches!(v.project(&id, &r("app", &[])), Err(ProjectionError::AmbiguousField { .. })));
         assert!(v.project(&id, &r("app:b.json", &[])).is_ok());
-        assert!(matches!(
-            v.project(&id, &r("app:c.json", &[])),
-            Err(ProjectionError::NoDataKey { .. })
-        ));
-        assert!(matches!(
-            v.project(&id, &r("app:a.json", &["nope"])),
-            Err(ProjectionError::NoField { .. })
-        ));
+        assert!(matches!(v.project(&id, &r("app:c.json", &[])), Err(ProjectionError::NoDataKey { .. })));
+        assert!(matches!(v.project(&id, &r("app:a.json", &["nope"])), Err(ProjectionError::NoField { .. })));
     }
 
     #[test]
     fn unchanged_documents_are_shared_and_compare_by_pointer() {
         let id = SecretId::new("default", "app");
-        let old = version(
-            "1",
-            &[("a.json", 1, r#"{"x":"1"}"#), ("b.json", 1, r#"{"y":"1"}"#)],
-        );
-        let new = version(
-            "2",
-            &[
-                ("a.json", 2, r#"{"x":"1"}"#),
-                ("b.json", 2, r#"{"y":"changed"}"#),
-            ],
-        )
-        .share_unchanged(&old);
-        assert!(Arc::ptr_eq(
-            &old.documents["a.json"].doc,
-            &new.documents["a.json"].doc
-        ));
+        let old = version("1", &[("a.json", 1, r#"{"x":"1"}"#), ("b.json", 1, r#"{"y":"1"}"#)]);
+        let new =
+            version("2", &[("a.json", 2, r#"{"x":"1"}"#), ("b.json", 2, r#"{"y":"changed"}"#)]).share_unchanged(&old);
+        assert!(Arc::ptr_eq(&old.documents["a.json"].doc, &new.documents["a.json"].doc));
         assert!(new.same_view(&old, &id, &r("app:a.json", &[])));
         assert!(!new.same_view(&old, &id, &r("app:b.json", &[])));
         assert!(!new.same_view(&old, &id, &r("app", &[])));

@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use vaultlet_client::proto::secrets_server::{Secrets, SecretsServer};
 use vaultlet_client::proto::{self, EventKind};
-use vaultlet_client::{RefError, SecretRef};
+use vaultlet_client::{RefError, SecretRef, code_name};
 
 use crate::cache::{Cache, SecretState};
 use crate::hub::{self, HubEvent, Watched};
 use crate::identity::{AuthError, Authenticator, Caller};
+use crate::metrics::{CallLabels, DecisionLabels, Metrics};
 use crate::policy::{Denied, Policy};
 use crate::secret::{ProjectionError, SecretId, SecretVersion};
 use crate::source::Unavailable;
@@ -47,26 +48,21 @@ pub enum ServiceError {
     #[error("secret {id} not found{}", hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
     NotFound { id: SecretId, hint: Option<String> },
     #[error("{reference}: {error}")]
-    Projection {
-        reference: String,
-        error: ProjectionError,
-    },
+    Projection { reference: String, error: ProjectionError },
     #[error("secret {id} cannot be decoded: {message}")]
     Undecodable { id: SecretId, message: String },
     #[error("{reference}: {error}")]
-    Unavailable {
-        reference: String,
-        error: Unavailable,
-    },
+    Unavailable { reference: String, error: Unavailable },
 }
 
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Status {
         let code = match &e {
+            ServiceError::Unauthenticated(a) if a.is_unavailable() => tonic::Code::Unavailable,
             ServiceError::Unauthenticated(_) => tonic::Code::Unauthenticated,
-            ServiceError::InvalidRef { .. }
-            | ServiceError::NoRefs
-            | ServiceError::TooManyRefs(_) => tonic::Code::InvalidArgument,
+            ServiceError::InvalidRef { .. } | ServiceError::NoRefs | ServiceError::TooManyRefs(_) => {
+                tonic::Code::InvalidArgument
+            }
             ServiceError::Denied { .. } => tonic::Code::PermissionDenied,
             ServiceError::NotFound { .. } => tonic::Code::NotFound,
             ServiceError::Projection { error, .. } => error.code(),
@@ -81,6 +77,7 @@ pub struct SecretsService {
     cache: Arc<Cache>,
     auth: Authenticator,
     policy: Policy,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
 
@@ -91,14 +88,29 @@ impl SecretsService {
         cache: Arc<Cache>,
         auth: Authenticator,
         policy: Policy,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
-        SecretsService {
-            cache,
-            auth,
-            policy,
-            shutdown,
-        }
+        SecretsService { cache, auth, policy, metrics, shutdown }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, ServiceError> {
+        self.auth.authenticate(request).await.map_err(|e| {
+            if !e.is_unavailable() {
+                self.decision("unauthenticated");
+            }
+            tracing::info!(error = %e, "caller refused");
+            ServiceError::from(e)
+        })
+    }
+
+    fn decision(&self, decision: &'static str) {
+        self.metrics.decisions.get_or_create(&DecisionLabels { decision }).inc();
+    }
+
+    fn count<T>(&self, method: &'static str, result: &Result<T, Status>) {
+        let code = code_name(result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok));
+        self.metrics.calls.get_or_create(&CallLabels { method, code }).inc();
     }
 
     /// Validates one reference, fills in the caller's namespace, checks policy.
@@ -109,16 +121,14 @@ impl SecretsService {
         r: Option<proto::SecretRef>,
     ) -> Result<(SecretId, SecretRef), ServiceError> {
         let r = SecretRef::from(r.unwrap_or_default());
-        r.validate()
-            .map_err(|error| ServiceError::InvalidRef { index, error })?;
+        r.validate().map_err(|error| ServiceError::InvalidRef { index, error })?;
         let r = r.in_namespace(&caller.namespace);
         let id = SecretId::new(&r.namespace, &r.name);
-        self.policy
-            .check(caller, &id)
-            .map_err(|denied| ServiceError::Denied {
-                reference: r.to_string(),
-                denied,
-            })?;
+        if let Err(denied) = self.policy.check(caller, &id) {
+            self.decision("denied");
+            tracing::info!(caller = %denied.caller, secret = %denied.secret, reason = %denied.reason, "access denied");
+            return Err(ServiceError::Denied { reference: r.to_string(), denied });
+        }
         Ok((id, r))
     }
 
@@ -130,31 +140,67 @@ impl SecretsService {
         }
     }
 
+    async fn get(
+        &self,
+        request: Request<proto::GetSecretsRequest>,
+    ) -> Result<Response<proto::GetSecretsResponse>, ServiceError> {
+        let caller = self.caller(&request).await?;
+        let refs = request.into_inner().refs;
+        Self::check_count(refs.len())?;
+        let resolved = refs
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| self.resolve(&caller, i, Some(r)))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Several secrets load concurrently (a cold start pays one round trip).
+        let secrets = futures::future::try_join_all(resolved.into_iter().map(|(id, r)| self.get_one(id, r))).await?;
+        self.decision("allowed");
+        Ok(Response::new(proto::GetSecretsResponse { secrets }))
+    }
+
     async fn get_one(&self, id: SecretId, r: SecretRef) -> Result<proto::Secret, ServiceError> {
         let state = self
             .cache
             .state(&id)
             .await
-            .map_err(|error| ServiceError::Unavailable {
-                reference: r.to_string(),
-                error,
-            })?;
+            .map_err(|error| ServiceError::Unavailable { reference: r.to_string(), error })?;
         match &*state {
             SecretState::Absent => {
                 let hint = self.cache.source().absent_hint(&id);
                 Err(ServiceError::NotFound { id, hint })
             }
-            SecretState::Failed(e) => Err(ServiceError::Undecodable {
-                id,
-                message: e.message.clone(),
-            }),
+            SecretState::Failed(e) => Err(ServiceError::Undecodable { id, message: e.message.clone() }),
             SecretState::Ready { version, .. } => {
-                encode(&id, &r, version).map_err(|error| ServiceError::Projection {
-                    reference: r.to_string(),
-                    error,
-                })
+                encode(&id, &r, version).map_err(|error| ServiceError::Projection { reference: r.to_string(), error })
             }
         }
+    }
+
+    async fn watch(&self, request: Request<proto::WatchSecretsRequest>) -> Result<Response<EventStream>, ServiceError> {
+        let caller = self.caller(&request).await?;
+        let targets = request.into_inner().secrets;
+        Self::check_count(targets.len())?;
+        let mut watched = Vec::with_capacity(targets.len());
+        for (index, t) in targets.into_iter().enumerate() {
+            let (id, reference) = self.resolve(&caller, index, t.r#ref)?;
+            let states = self
+                .cache
+                .subscribe(&id)
+                .await
+                .map_err(|error| ServiceError::Unavailable { reference: reference.to_string(), error })?;
+            let known_revision = (!t.known_revision.is_empty()).then_some(t.known_revision);
+            watched.push(Watched { index: index as u32, id, reference, known_revision, states });
+        }
+        self.decision("allowed");
+        let open = StreamGauge::new(&self.metrics);
+        // Streams end when the agent shuts down, so that clients reconnect to the next one.
+        let events = hub::events(watched)
+            .map(move |e| {
+                let _open = &open;
+                Ok(encode_event(e))
+            })
+            .take_until(self.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(events)))
     }
 }
 
@@ -164,23 +210,9 @@ impl Secrets for SecretsService {
         &self,
         request: Request<proto::GetSecretsRequest>,
     ) -> Result<Response<proto::GetSecretsResponse>, Status> {
-        let caller = self
-            .auth
-            .authenticate(&request)
-            .await
-            .map_err(ServiceError::from)?;
-        let refs = request.into_inner().refs;
-        Self::check_count(refs.len())?;
-        let resolved = refs
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| self.resolve(&caller, i, Some(r)))
-            .collect::<Result<Vec<_>, _>>()?;
-        // Several secrets load concurrently (a cold start pays one round trip).
-        let secrets =
-            futures::future::try_join_all(resolved.into_iter().map(|(id, r)| self.get_one(id, r)))
-                .await?;
-        Ok(Response::new(proto::GetSecretsResponse { secrets }))
+        let result = self.get(request).await.map_err(Status::from);
+        self.count("GetSecrets", &result);
+        result
     }
 
     type WatchSecretsStream = EventStream;
@@ -189,77 +221,49 @@ impl Secrets for SecretsService {
         &self,
         request: Request<proto::WatchSecretsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let caller = self
-            .auth
-            .authenticate(&request)
-            .await
-            .map_err(ServiceError::from)?;
-        let targets = request.into_inner().secrets;
-        Self::check_count(targets.len())?;
-        let mut watched = Vec::with_capacity(targets.len());
-        for (index, t) in targets.into_iter().enumerate() {
-            let (id, reference) = self.resolve(&caller, index, t.r#ref)?;
-            let states =
-                self.cache
-                    .subscribe(&id)
-                    .await
-                    .map_err(|error| ServiceError::Unavailable {
-                        reference: reference.to_string(),
-                        error,
-                    })?;
-            let known_revision = (!t.known_revision.is_empty()).then_some(t.known_revision);
-            watched.push(Watched {
-                index: index as u32,
-                id,
-                reference,
-                known_revision,
-                states,
-            });
-        }
-        // Streams end when the agent shuts down, so that clients reconnect to the next one.
-        let events = hub::events(watched)
-            .map(|e| Ok(encode_event(e)))
-            .take_until(self.shutdown.clone().cancelled_owned());
-        Ok(Response::new(Box::pin(events)))
+        let result = self.watch(request).await.map_err(Status::from);
+        self.count("WatchSecrets", &result);
+        result
+    }
+}
+
+/// Counts an open watch stream for as long as it lives.
+struct StreamGauge(Arc<Metrics>);
+
+impl StreamGauge {
+    fn new(metrics: &Arc<Metrics>) -> StreamGauge {
+        metrics.watch_streams.inc();
+        StreamGauge(metrics.clone())
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.watch_streams.dec();
     }
 }
 
 /// The wire form of what `r` sees of `version`: the one place values leave
 /// their zeroizing containers.
-fn encode(
-    id: &SecretId,
-    r: &SecretRef,
-    version: &SecretVersion,
-) -> Result<proto::Secret, ProjectionError> {
+fn encode(id: &SecretId, r: &SecretRef, version: &SecretVersion) -> Result<proto::Secret, ProjectionError> {
     let view = version.project(id, r)?;
     Ok(proto::Secret {
         r#ref: Some(r.clone().into()),
         revision: version.revision.clone(),
         key_version: view.key_version,
-        values: view
-            .values
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.expose_secret().to_owned()))
-            .collect(),
+        values: view.values.iter().map(|(k, v)| ((*k).to_owned(), v.expose_secret().to_owned())).collect(),
         raw: view.raw.map(<[u8]>::to_vec).unwrap_or_default(),
         format: view.format as i32,
     })
 }
 
 fn encode_event(e: HubEvent) -> proto::SecretEvent {
-    let only_ref = || proto::Secret {
-        r#ref: Some((*e.reference).clone().into()),
-        ..Default::default()
-    };
+    let only_ref = || proto::Secret { r#ref: Some((*e.reference).clone().into()), ..Default::default() };
     let (secret, error) = match &e.version {
         Some(v) => match encode(&e.id, &e.reference, v) {
             Ok(s) => (s, e.error),
             Err(p) => {
-                let error = hub::EventError {
-                    code: p.code(),
-                    message: p.to_string(),
-                    revision: v.revision.clone(),
-                };
+                let error = hub::EventError { code: p.code(), message: p.to_string(), revision: v.revision.clone() };
                 return proto::SecretEvent {
                     kind: EventKind::Error as i32,
                     index: e.index,
@@ -270,20 +274,11 @@ fn encode_event(e: HubEvent) -> proto::SecretEvent {
         },
         None => (only_ref(), e.error),
     };
-    proto::SecretEvent {
-        kind: e.kind as i32,
-        index: e.index,
-        secret: Some(secret),
-        error: error.map(error_to_proto),
-    }
+    proto::SecretEvent { kind: e.kind as i32, index: e.index, secret: Some(secret), error: error.map(error_to_proto) }
 }
 
 fn error_to_proto(e: hub::EventError) -> proto::EventError {
-    proto::EventError {
-        code: e.code as i32,
-        message: e.message,
-        revision: e.revision,
-    }
+    proto::EventError { code: e.code as i32, message: e.message, revision: e.revision }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -315,10 +310,7 @@ pub async fn bind(socket: &Path) -> Result<UnixListener, ServeError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
-    if let Some(dir) = socket
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
         std::fs::create_dir_all(dir).map_err(err)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(err)?;
     }
@@ -349,10 +341,7 @@ pub async fn serve(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(secrets)
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener),
-            shutdown.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.clone().cancelled_owned());
     tokio::pin!(server);
     let result = tokio::select! {
         r = &mut server => r,

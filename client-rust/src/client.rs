@@ -29,9 +29,7 @@ pub struct Client {
 impl Client {
     /// `VAULTLET_SOCKET`, else `/run/vaultlet/vaultlet.sock`.
     pub fn default_socket() -> PathBuf {
-        std::env::var_os(SOCKET_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| DEFAULT_SOCKET.into())
+        std::env::var_os(SOCKET_ENV).map(PathBuf::from).unwrap_or_else(|| DEFAULT_SOCKET.into())
     }
 
     /// Connects to the default socket, with the token from `VAULTLET_TOKEN_FILE`.
@@ -52,16 +50,8 @@ impl Client {
                 async move { UnixStream::connect(path).await.map(TokioIo::new) }
             }))
             .await
-            .map_err(|source| Error::Connect {
-                socket: socket.display().to_string(),
-                source,
-            })?;
-        Ok(Client {
-            rpc: SecretsClient::new(channel),
-            socket,
-            token: TokenSource::from_env(),
-            timeout: None,
-        })
+            .map_err(|source| Error::Connect { socket: socket.display().to_string(), source })?;
+        Ok(Client { rpc: SecretsClient::new(channel), socket, token: TokenSource::from_env(), timeout: None })
     }
 
     /// Where the token comes from (default: `TokenSource::from_env()`).
@@ -88,10 +78,7 @@ impl Client {
         S: AsRef<str>,
     {
         let texts: Vec<String> = refs.into_iter().map(|r| r.as_ref().to_owned()).collect();
-        let parsed = texts
-            .iter()
-            .map(|t| t.parse())
-            .collect::<Result<Vec<SecretRef>, _>>()?;
+        let parsed = texts.iter().map(|t| t.parse()).collect::<Result<Vec<SecretRef>, _>>()?;
         let secrets = self.get(parsed).await?;
         Ok(texts.into_iter().zip(secrets).collect())
     }
@@ -99,19 +86,14 @@ impl Client {
     /// Reads several secrets in one round trip, in the order asked.
     pub async fn get(&self, refs: Vec<SecretRef>) -> Result<Vec<Secret>, Error> {
         let wanted = refs.len();
-        let msg = proto::GetSecretsRequest {
-            refs: refs.into_iter().map(Into::into).collect(),
-        };
+        let msg = proto::GetSecretsRequest { refs: refs.into_iter().map(Into::into).collect() };
         let mut req = self.request(msg)?;
         if let Some(t) = self.timeout {
             req.set_timeout(t);
         }
         let resp = self.rpc.clone().get_secrets(req).await?.into_inner();
         if resp.secrets.len() != wanted {
-            return Err(Error::Protocol(format!(
-                "asked for {wanted} secrets, got {}",
-                resp.secrets.len()
-            )));
+            return Err(Error::Protocol(format!("asked for {wanted} secrets, got {}", resp.secrets.len())));
         }
         resp.secrets.into_iter().map(Secret::from_proto).collect()
     }
@@ -125,10 +107,7 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let parsed = refs
-            .into_iter()
-            .map(|r| r.as_ref().parse())
-            .collect::<Result<Vec<SecretRef>, _>>()?;
+        let parsed = refs.into_iter().map(|r| r.as_ref().parse()).collect::<Result<Vec<SecretRef>, _>>()?;
         Ok(self.watch_refs(parsed))
     }
 
@@ -149,8 +128,8 @@ impl Client {
     fn request<T>(&self, msg: T) -> Result<tonic::Request<T>, Error> {
         let mut req = tonic::Request::new(msg);
         if let Some(token) = self.token.read()? {
-            let mut value = MetadataValue::try_from(format!("Bearer {}", token.expose_secret()))
-                .map_err(|_| Error::Status {
+            let mut value =
+                MetadataValue::try_from(format!("Bearer {}", token.expose_secret())).map_err(|_| Error::Status {
                     code: tonic::Code::Unauthenticated,
                     message: "the token file holds characters a token cannot contain".into(),
                 })?;

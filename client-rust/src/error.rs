@@ -47,10 +47,7 @@ impl Error {
 
 impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Self {
-        Error::Status {
-            code: s.code(),
-            message: s.message().to_owned(),
-        }
+        Error::Status { code: s.code(), message: s.message().to_owned() }
     }
 }
 

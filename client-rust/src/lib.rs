@@ -15,8 +15,7 @@ pub mod proto {
     tonic::include_proto!("vaultlet.v1");
 
     /// Encoded `FileDescriptorSet` of the wire API (for server reflection).
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("vaultlet_v1_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vaultlet_v1_descriptor");
 }
 
 mod client;

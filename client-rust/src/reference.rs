@@ -34,9 +34,7 @@ pub enum RefError {
         "invalid secret name {0:?}: a name is 1-253 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit"
     )]
     Name(String),
-    #[error(
-        "invalid data key {0:?}: a data key is 1-253 letters, digits, '-', '_' or '.' (not '.' or '..')"
-    )]
+    #[error("invalid data key {0:?}: a data key is 1-253 letters, digits, '-', '_' or '.' (not '.' or '..')")]
     DataKey(String),
     #[error("invalid field {0:?}: a field name is 1-{MAX_FIELD_LEN} characters")]
     Field(String),
@@ -46,11 +44,7 @@ pub enum RefError {
 
 impl SecretRef {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-            ..Self::default()
-        }
+        Self { namespace: namespace.into(), name: name.into(), ..Self::default() }
     }
 
     /// Checks every part against the Kubernetes naming rules.
@@ -59,11 +53,7 @@ impl SecretRef {
             return Err(RefError::Namespace(self.namespace.clone()));
         }
         if !is_dns_subdomain(&self.name) {
-            return Err(if self.name.is_empty() {
-                RefError::Empty
-            } else {
-                RefError::Name(self.name.clone())
-            });
+            return Err(if self.name.is_empty() { RefError::Empty } else { RefError::Name(self.name.clone()) });
         }
         if let Some(key) = &self.data_key {
             if !is_data_key(key) {
@@ -73,11 +63,7 @@ impl SecretRef {
         if self.fields.len() > MAX_FIELDS {
             return Err(RefError::TooManyFields(self.fields.len()));
         }
-        if let Some(f) = self
-            .fields
-            .iter()
-            .find(|f| f.is_empty() || f.len() > MAX_FIELD_LEN)
-        {
+        if let Some(f) = self.fields.iter().find(|f| f.is_empty() || f.len() > MAX_FIELD_LEN) {
             return Err(RefError::Field(f.clone()));
         }
         Ok(())
@@ -112,12 +98,7 @@ impl FromStr for SecretRef {
             }
             None => ("", path),
         };
-        let r = SecretRef {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            data_key,
-            fields: Vec::new(),
-        };
+        let r = SecretRef { namespace: namespace.to_owned(), name: name.to_owned(), data_key, fields: Vec::new() };
         r.validate()?;
         Ok(r)
     }
@@ -183,8 +164,7 @@ pub fn is_data_key(s: &str) -> bool {
         && s.len() <= 253
         && s != "."
         && s != ".."
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -193,42 +173,24 @@ mod tests {
 
     #[test]
     fn parses_every_form() {
-        assert_eq!(
-            "app".parse::<SecretRef>().unwrap(),
-            SecretRef::new("", "app")
-        );
-        assert_eq!(
-            "payments/db".parse::<SecretRef>().unwrap(),
-            SecretRef::new("payments", "db")
-        );
+        assert_eq!("app".parse::<SecretRef>().unwrap(), SecretRef::new("", "app"));
+        assert_eq!("payments/db".parse::<SecretRef>().unwrap(), SecretRef::new("payments", "db"));
         let r: SecretRef = "payments/db:secrets.json".parse().unwrap();
         assert_eq!(r.data_key.as_deref(), Some("secrets.json"));
         assert_eq!(r.to_string(), "payments/db:secrets.json");
         let r: SecretRef = "db:config.yaml".parse().unwrap();
-        assert_eq!(
-            (r.namespace.as_str(), r.name.as_str(), r.data_key.as_deref()),
-            ("", "db", Some("config.yaml"))
-        );
+        assert_eq!((r.namespace.as_str(), r.name.as_str(), r.data_key.as_deref()), ("", "db", Some("config.yaml")));
     }
 
     #[test]
     fn refuses_malformed_refs() {
-        for bad in [
-            "", "/db", "a/b/c", "Upper", "db:", "db:a/b", "ns/", "-db", "db-", "ns_x/db", "db:..",
-            "a b",
-        ] {
-            assert!(
-                bad.parse::<SecretRef>().is_err(),
-                "{bad:?} should be refused"
-            );
+        for bad in ["", "/db", "a/b/c", "Upper", "db:", "db:a/b", "ns/", "-db", "db-", "ns_x/db", "db:..", "a b"] {
+            assert!(bad.parse::<SecretRef>().is_err(), "{bad:?} should be refused");
         }
         let long = "a".repeat(254);
         assert!(long.parse::<SecretRef>().is_err());
         let long_ns = format!("{}/db", "a".repeat(64));
-        assert!(matches!(
-            long_ns.parse::<SecretRef>(),
-            Err(RefError::Namespace(_))
-        ));
+        assert!(matches!(long_ns.parse::<SecretRef>(), Err(RefError::Namespace(_))));
     }
 
     #[test]

@@ -58,25 +58,11 @@ impl fmt::Debug for Secret {
 impl Secret {
     /// Takes the message apart, moving each value into a zeroizing container.
     pub(crate) fn from_proto(mut m: proto::Secret) -> Result<Self, Error> {
-        let reference = m
-            .r#ref
-            .take()
-            .map(SecretRef::from)
-            .ok_or_else(|| Error::Protocol("secret without reference".into()))?;
-        let values = std::mem::take(&mut m.values)
-            .into_iter()
-            .map(|(k, v)| (k, SecretString::from(v)))
-            .collect();
-        let raw = (!m.raw.is_empty())
-            .then(|| SecretBox::new(std::mem::take(&mut m.raw).into_boxed_slice()));
-        Ok(Secret {
-            reference,
-            revision: m.revision,
-            key_version: m.key_version,
-            values,
-            raw,
-            format: m.format.into(),
-        })
+        let reference =
+            m.r#ref.take().map(SecretRef::from).ok_or_else(|| Error::Protocol("secret without reference".into()))?;
+        let values = std::mem::take(&mut m.values).into_iter().map(|(k, v)| (k, SecretString::from(v))).collect();
+        let raw = (!m.raw.is_empty()).then(|| SecretBox::new(std::mem::take(&mut m.raw).into_boxed_slice()));
+        Ok(Secret { reference, revision: m.revision, key_version: m.key_version, values, raw, format: m.format.into() })
     }
 }
 
@@ -139,9 +125,7 @@ pub struct Event {
 
 impl Event {
     pub(crate) fn from_proto(m: proto::SecretEvent) -> Result<Self, Error> {
-        let secret = m
-            .secret
-            .ok_or_else(|| Error::Protocol("event without secret".into()))?;
+        let secret = m.secret.ok_or_else(|| Error::Protocol("event without secret".into()))?;
         Ok(Event {
             kind: m.kind.into(),
             index: m.index as usize,

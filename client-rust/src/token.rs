@@ -23,9 +23,7 @@ pub enum TokenSource {
 impl TokenSource {
     /// `VAULTLET_TOKEN_FILE`, else the projected token's default path.
     pub fn from_env() -> Self {
-        let path = std::env::var_os(TOKEN_FILE_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| DEFAULT_TOKEN_FILE.into());
+        let path = std::env::var_os(TOKEN_FILE_ENV).map(PathBuf::from).unwrap_or_else(|| DEFAULT_TOKEN_FILE.into());
         TokenSource::File(path)
     }
 
@@ -46,9 +44,6 @@ fn read_token_file(path: &Path) -> Result<Option<SecretString>, Error> {
             Ok(Some(token))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::TokenFile {
-            path: path.display().to_string(),
-            source,
-        }),
+        Err(source) => Err(Error::TokenFile { path: path.display().to_string(), source }),
     }
 }

@@ -22,17 +22,8 @@ pub struct WatchStream {
 impl WatchStream {
     pub(crate) fn new(client: Client, refs: Vec<SecretRef>) -> Self {
         let held = vec![Held::default(); refs.len()];
-        let state = State {
-            client,
-            refs,
-            held,
-            stream: None,
-            attempt: 0,
-            done: false,
-        };
-        WatchStream {
-            inner: Box::pin(futures::stream::unfold(state, State::next)),
-        }
+        let state = State { client, refs, held, stream: None, attempt: 0, done: false };
+        WatchStream { inner: Box::pin(futures::stream::unfold(state, State::next)) }
     }
 }
 
@@ -67,15 +58,8 @@ impl Held {
 
     fn update(&mut self, e: &Event) {
         match e.kind {
-            EventKind::Deleted => {
-                *self = Held {
-                    deleted: true,
-                    ..Held::default()
-                }
-            }
-            EventKind::Error => {
-                self.failed_revision = e.error.as_ref().map(|err| err.revision.clone())
-            }
+            EventKind::Deleted => *self = Held { deleted: true, ..Held::default() },
+            EventKind::Error => self.failed_revision = e.error.as_ref().map(|err| err.revision.clone()),
             _ => {
                 self.revision = Some(e.secret.revision.clone());
                 self.deleted = false;
@@ -117,10 +101,7 @@ impl State {
                     let event = match Event::from_proto(msg) {
                         Ok(e) if e.index < self.held.len() => e,
                         Ok(e) => {
-                            return self.fail(Error::Protocol(format!(
-                                "event for unknown index {}",
-                                e.index
-                            )));
+                            return self.fail(Error::Protocol(format!("event for unknown index {}", e.index)));
                         }
                         Err(e) => return self.fail(e),
                     };
@@ -133,11 +114,8 @@ impl State {
                 // The agent ended the stream (shutdown): resume on the next one.
                 Ok(None) => {
                     self.stream = None;
-                    self.backoff(&Error::Status {
-                        code: Code::Unavailable,
-                        message: "agent closed the stream".into(),
-                    })
-                    .await;
+                    self.backoff(&Error::Status { code: Code::Unavailable, message: "agent closed the stream".into() })
+                        .await;
                 }
                 Err(status) => {
                     self.stream = None;
@@ -171,9 +149,7 @@ impl State {
 
     /// Full-jitter exponential backoff: a node's pods do not all reconnect at once.
     async fn backoff(&mut self, why: &Error) {
-        let cap = BACKOFF_FIRST
-            .saturating_mul(1 << self.attempt.min(6))
-            .min(BACKOFF_MAX);
+        let cap = BACKOFF_FIRST.saturating_mul(1 << self.attempt.min(6)).min(BACKOFF_MAX);
         let wait = cap.mul_f64(0.5 + fastrand::f64() / 2.0);
         self.attempt += 1;
         tracing::debug!(error = %why, wait_ms = wait.as_millis() as u64, "vaultlet watch reconnecting");
@@ -183,8 +159,6 @@ impl State {
 
 /// Errors a restart of the agent produces; anything else is about the request.
 fn is_transient(e: &Error) -> bool {
-    matches!(
-        e.code(),
-        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
-    ) && !matches!(e, Error::Protocol(_) | Error::TokenFile { .. })
+    matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled)
+        && !matches!(e, Error::Protocol(_) | Error::TokenFile { .. })
 }

@@ -36,10 +36,8 @@ pub async fn run(args: Args) -> CmdResult {
     tokio::spawn(cache.clone().run_refresh(changes_rx));
 
     let listener = server::bind(&args.socket).await?;
-    let open = Authenticator::Open {
-        namespace: DEFAULT_NAMESPACE.into(),
-    };
-    let service = SecretsService::new(cache, open, Policy::AllowAll, shutdown.clone());
+    let open = Authenticator::Open { namespace: DEFAULT_NAMESPACE.into() };
+    let service = SecretsService::new(cache, open, Policy::AllowAll, Default::default(), shutdown.clone());
     print_banner(&source, &args.socket);
     server::serve(listener, &args.socket, service, shutdown).await?;
     tracing::info!("stopped; socket removed");
@@ -51,37 +49,16 @@ fn print_banner(source: &FileSource, socket: &std::path::Path) {
     let secrets = source.secrets();
     let names: Vec<String> = secrets
         .iter()
-        .map(|id| {
-            if id.namespace == DEFAULT_NAMESPACE {
-                id.name.clone()
-            } else {
-                id.to_string()
-            }
-        })
+        .map(|id| if id.namespace == DEFAULT_NAMESPACE { id.name.clone() } else { id.to_string() })
         .collect();
     let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_owned());
-    let exe = std::env::args()
-        .next()
-        .filter(|a| a.contains('/'))
-        .unwrap_or_else(|| "vaultlet".into());
-    println!(
-        "vaultlet dev: serving {} secret(s) from {}",
-        names.len(),
-        source.root().display()
-    );
+    let exe = std::env::args().next().filter(|a| a.contains('/')).unwrap_or_else(|| "vaultlet".into());
+    println!("vaultlet dev: serving {} secret(s) from {}", names.len(), source.root().display());
     if !names.is_empty() {
         println!("  secrets: {}", names.join(", "));
     }
     println!("  socket:  {}", socket.display());
     println!("  development mode: no authentication, no encryption; never run it in a cluster");
-    println!(
-        "  try:     {exe} get --socket {} {}",
-        socket.display(),
-        names.first().map_or("NAME", String::as_str)
-    );
-    println!(
-        "  follow:  {exe} watch --socket {} {}",
-        socket.display(),
-        names.first().map_or("NAME", String::as_str)
-    );
+    println!("  try:     {exe} get --socket {} {}", socket.display(), names.first().map_or("NAME", String::as_str));
+    println!("  follow:  {exe} watch --socket {} {}", socket.display(), names.first().map_or("NAME", String::as_str));
 }

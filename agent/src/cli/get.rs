@@ -34,20 +34,13 @@ pub async fn run(args: Args) -> CmdResult {
     let mut out = std::io::stdout().lock();
     if args.raw {
         let secret = &secrets[&args.refs[0]];
-        let raw = secret
-            .raw
-            .as_ref()
-            .ok_or("this reference spans several documents or fields; add :DATA_KEY")?;
+        let raw = secret.raw.as_ref().ok_or("this reference spans several documents or fields; add :DATA_KEY")?;
         out.write_all(raw.expose_secret())?;
         return Ok(out.flush()?);
     }
     let mut doc = serde_json::Map::new();
     for r in &args.refs {
-        let values = secrets[r]
-            .values
-            .iter()
-            .map(|(k, v)| (k.clone(), v.expose_secret().into()))
-            .collect();
+        let values = secrets[r].values.iter().map(|(k, v)| (k.clone(), v.expose_secret().into())).collect();
         doc.insert(r.clone(), serde_json::Value::Object(values));
     }
     serde_json::to_writer_pretty(&mut out, &doc)?;

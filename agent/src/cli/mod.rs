@@ -7,6 +7,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod dev;
 mod get;
+mod recrypt;
+mod seal;
+mod serve;
+mod vault;
 mod watch;
 
 #[derive(Parser)]
@@ -23,13 +27,7 @@ mod watch;
 )]
 struct Cli {
     /// Log format on stderr.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "VAULTLET_LOG_FORMAT",
-        default_value = "text"
-    )]
+    #[arg(long, global = true, value_enum, env = "VAULTLET_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -44,9 +42,12 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    Serve(serve::Args),
     Dev(dev::Args),
     Get(get::Args),
     Watch(watch::Args),
+    Seal(seal::Args),
+    Recrypt(recrypt::Args),
 }
 
 /// Options shared by the commands that talk to a running agent.
@@ -75,10 +76,7 @@ pub type CmdResult = Result<(), Box<dyn std::error::Error>>;
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vaultlet: cannot start the async runtime: {e}");
@@ -87,9 +85,12 @@ pub fn run() -> ExitCode {
     };
     let (name, result) = runtime.block_on(async {
         match cli.command {
+            Command::Serve(args) => ("serve", serve::run(args).await),
             Command::Dev(args) => ("dev", dev::run(args).await),
             Command::Get(args) => ("get", get::run(args).await),
             Command::Watch(args) => ("watch", watch::run(args).await),
+            Command::Seal(args) => ("seal", seal::run(args).await),
+            Command::Recrypt(args) => ("recrypt", recrypt::run(args).await),
         }
     });
     match result {
@@ -101,9 +102,16 @@ pub fn run() -> ExitCode {
     }
 }
 
+/// Libraries whose debug output could carry request bodies or headers (tokens,
+/// ciphertext, plaintext): capped whatever `VAULTLET_LOG` asks for.
+const QUIET_LIBRARIES: [&str; 7] = ["h2=info", "hyper=info", "reqwest=info", "rustify=off", "vaultrs=off", "kube_client=info", "tower=info"];
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VAULTLET_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("VAULTLET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for directive in QUIET_LIBRARIES {
+        filter = filter.add_directive(directive.parse().expect("valid directive"));
+    }
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -113,6 +121,11 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// TLS for Vault and Kubernetes uses aws-lc-rs; installed once, before any client.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// Cancelled on the first SIGTERM or SIGINT.

@@ -29,12 +29,8 @@ pub async fn run(args: Args) -> CmdResult {
     let mut events = client.watch(&args.refs)?;
     while let Some(event) = events.next().await {
         let event = event?;
-        let values: serde_json::Map<_, _> = event
-            .secret
-            .values
-            .iter()
-            .map(|(k, v)| (k.clone(), v.expose_secret().into()))
-            .collect();
+        let values: serde_json::Map<_, _> =
+            event.secret.values.iter().map(|(k, v)| (k.clone(), v.expose_secret().into())).collect();
         let mut line = json!({
             "kind": event.kind.as_str(),
             "ref": args.refs.get(event.index),
@@ -44,8 +40,7 @@ pub async fn run(args: Args) -> CmdResult {
             "values": values,
         });
         if let Some(e) = &event.error {
-            line["error"] =
-                json!({ "code": code_name(e.code), "message": e.message, "revision": e.revision });
+            line["error"] = json!({ "code": code_name(e.code), "message": e.message, "revision": e.revision });
         }
         let mut out = std::io::stdout().lock();
         serde_json::to_writer(&mut out, &line)?;

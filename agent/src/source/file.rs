@@ -23,12 +23,8 @@ use crate::document::{Document, MAX_DOCUMENT_BYTES};
 use crate::secret::{DocumentVersion, SecretId, SecretVersion};
 
 pub const DEFAULT_NAMESPACE: &str = "default";
-const EXTENSIONS: [(&str, Format); 4] = [
-    ("json", Format::Json),
-    ("yaml", Format::Yaml),
-    ("yml", Format::Yaml),
-    ("env", Format::Env),
-];
+const EXTENSIONS: [(&str, Format); 4] =
+    [("json", Format::Json), ("yaml", Format::Yaml), ("yml", Format::Yaml), ("env", Format::Env)];
 /// Editors write a file in several steps; wait this long for quiet before reloading.
 const SETTLE: Duration = Duration::from_millis(60);
 
@@ -52,40 +48,27 @@ pub struct FileSource {
 impl FileSource {
     /// Checks the directory, starts watching it, and announces changes on `changes`.
     pub fn start(root: &Path, changes: ChangeSender) -> Result<FileSource, FileSourceError> {
-        let root =
-            std::fs::canonicalize(root).map_err(|e| FileSourceError::Dir(root.to_owned(), e))?;
+        let root = std::fs::canonicalize(root).map_err(|e| FileSourceError::Dir(root.to_owned(), e))?;
         if !root.is_dir() {
             return Err(FileSourceError::NotDir(root));
         }
         let seen = Arc::new(Mutex::new(scan(&root)));
         let (raw_tx, raw_rx) = mpsc::unbounded_channel();
-        let mut watcher =
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-                Ok(ev) => {
-                    let _ = raw_tx.send(ev.paths);
-                }
-                Err(e) => tracing::warn!(error = %e, "file watch error"),
-            })
-            .map_err(|e| FileSourceError::Watch(root.clone(), e))?;
-        watcher
-            .watch(&root, RecursiveMode::Recursive)
-            .map_err(|e| FileSourceError::Watch(root.clone(), e))?;
-        tokio::spawn(forward_changes(root.clone(), seen.clone(), raw_rx, changes));
-        Ok(FileSource {
-            root,
-            seen,
-            _watcher: watcher,
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(ev) => {
+                let _ = raw_tx.send(ev.paths);
+            }
+            Err(e) => tracing::warn!(error = %e, "file watch error"),
         })
+        .map_err(|e| FileSourceError::Watch(root.clone(), e))?;
+        watcher.watch(&root, RecursiveMode::Recursive).map_err(|e| FileSourceError::Watch(root.clone(), e))?;
+        tokio::spawn(forward_changes(root.clone(), seen.clone(), raw_rx, changes));
+        Ok(FileSource { root, seen, _watcher: watcher })
     }
 
     /// The secrets present now, for the start-up banner.
     pub fn secrets(&self) -> Vec<SecretId> {
-        self.seen
-            .lock()
-            .expect("seen lock")
-            .iter()
-            .cloned()
-            .collect()
+        self.seen.lock().expect("seen lock").iter().cloned().collect()
     }
 
     pub fn root(&self) -> &Path {
@@ -93,11 +76,7 @@ impl FileSource {
     }
 
     fn dir_of(&self, namespace: &str) -> PathBuf {
-        if namespace == DEFAULT_NAMESPACE {
-            self.root.clone()
-        } else {
-            self.root.join(namespace)
-        }
+        if namespace == DEFAULT_NAMESPACE { self.root.clone() } else { self.root.join(namespace) }
     }
 
     /// The documents of `id` now: data key (file name) -> (path, format).
@@ -127,56 +106,32 @@ impl FileSource {
         for (key, (path, format)) in docs {
             match read_document(&path, format) {
                 Ok(doc) => {
-                    documents.insert(
-                        key,
-                        DocumentVersion {
-                            doc: Arc::new(doc),
-                            key_version: 0,
-                            format,
-                        },
-                    );
+                    documents.insert(key, DocumentVersion { doc: Arc::new(doc), key_version: 0, format });
                 }
                 Err(message) => {
-                    return Loaded::Invalid {
-                        revision,
-                        message: format!("{key}: {message}"),
-                    };
+                    return Loaded::Invalid { revision, message: format!("{key}: {message}") };
                 }
             }
         }
-        Loaded::Version(SecretVersion {
-            revision,
-            documents,
-        })
+        Loaded::Version(SecretVersion { revision, documents })
     }
 }
 
 impl SecretSource for FileSource {
-    fn load<'a>(
-        &'a self,
-        id: &'a SecretId,
-        known: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Loaded, Unavailable>> {
+    fn load<'a>(&'a self, id: &'a SecretId, known: Option<&'a str>) -> BoxFuture<'a, Result<Loaded, Unavailable>> {
         async move { Ok(self.load_now(id, known)) }.boxed()
     }
 
     fn absent_hint(&self, id: &SecretId) -> Option<String> {
         let dir = self.dir_of(&id.namespace);
-        Some(format!(
-            "no {}.json, .yaml, .yml or .env in {}",
-            id.name,
-            dir.display()
-        ))
+        Some(format!("no {}.json, .yaml, .yml or .env in {}", id.name, dir.display()))
     }
 }
 
 fn read_document(path: &Path, format: Format) -> Result<Document, String> {
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
     if meta.len() > MAX_DOCUMENT_BYTES as u64 {
-        return Err(format!(
-            "document is {} bytes; the limit is {MAX_DOCUMENT_BYTES}",
-            meta.len()
-        ));
+        return Err(format!("document is {} bytes; the limit is {MAX_DOCUMENT_BYTES}", meta.len()));
     }
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     Document::parse(format, bytes).map_err(|e| e.to_string())
@@ -211,8 +166,7 @@ fn secret_of(root: &Path, path: &Path) -> Option<SecretId> {
         _ => return None,
     };
     let (name, ext) = file.rsplit_once('.')?;
-    (EXTENSIONS.iter().any(|(e, _)| *e == ext) && is_dns_subdomain(name))
-        .then(|| SecretId::new(namespace, name))
+    (EXTENSIONS.iter().any(|(e, _)| *e == ext) && is_dns_subdomain(name)).then(|| SecretId::new(namespace, name))
 }
 
 /// Every secret under `root`, and a warning for documents no reference can reach.
@@ -305,18 +259,9 @@ mod tests {
     #[test]
     fn paths_map_to_secrets() {
         let root = Path::new("/s");
-        assert_eq!(
-            secret_of(root, Path::new("/s/app.json")),
-            Some(SecretId::new("default", "app"))
-        );
-        assert_eq!(
-            secret_of(root, Path::new("/s/app.v2.yml")),
-            Some(SecretId::new("default", "app.v2"))
-        );
-        assert_eq!(
-            secret_of(root, Path::new("/s/payments/db.env")),
-            Some(SecretId::new("payments", "db"))
-        );
+        assert_eq!(secret_of(root, Path::new("/s/app.json")), Some(SecretId::new("default", "app")));
+        assert_eq!(secret_of(root, Path::new("/s/app.v2.yml")), Some(SecretId::new("default", "app.v2")));
+        assert_eq!(secret_of(root, Path::new("/s/payments/db.env")), Some(SecretId::new("payments", "db")));
         for ignored in [
             "/s/app.json~",
             "/s/.app.json.swp",
@@ -339,33 +284,19 @@ mod tests {
         std::fs::write(dir.path().join("team/db.yaml"), "c: 3\n").unwrap();
         let (tx, _rx) = super::super::change_channel();
         let src = FileSource::start(dir.path(), tx).unwrap();
-        assert_eq!(
-            src.secrets(),
-            vec![SecretId::new("default", "app"), SecretId::new("team", "db")]
-        );
+        assert_eq!(src.secrets(), vec![SecretId::new("default", "app"), SecretId::new("team", "db")]);
 
         let id = SecretId::new("default", "app");
-        let Ok(Loaded::Version(v)) = src.load(&id, None).await else {
-            panic!("expected a version")
-        };
-        assert_eq!(
-            v.documents.keys().collect::<Vec<_>>(),
-            ["app.env", "app.json"]
-        );
-        assert!(matches!(
-            src.load(&id, Some(&v.revision)).await,
-            Ok(Loaded::Unchanged)
-        ));
+        let Ok(Loaded::Version(v)) = src.load(&id, None).await else { panic!("expected a version") };
+        assert_eq!(v.documents.keys().collect::<Vec<_>>(), ["app.env", "app.json"]);
+        assert!(matches!(src.load(&id, Some(&v.revision)).await, Ok(Loaded::Unchanged)));
 
         std::fs::write(dir.path().join("app.json"), r#"{"a":"#).unwrap();
         let Ok(Loaded::Invalid { message, .. }) = src.load(&id, Some(&v.revision)).await else {
             panic!("expected invalid")
         };
         assert!(message.starts_with("app.json: not valid JSON"), "{message}");
-        assert!(matches!(
-            src.load(&SecretId::new("default", "nope"), None).await,
-            Ok(Loaded::Absent)
-        ));
+        assert!(matches!(src.load(&SecretId::new("default", "nope"), None).await, Ok(Loaded::Absent)));
     }
 
     #[tokio::test]
@@ -381,9 +312,7 @@ mod tests {
                     }
                 }
             };
-            tokio::time::timeout(Duration::from_secs(5), found)
-                .await
-                .expect("change announced within 5 s");
+            tokio::time::timeout(Duration::from_secs(5), found).await.expect("change announced within 5 s");
         }
         std::fs::write(dir.path().join(".tmp"), "{}").unwrap();
         std::fs::rename(dir.path().join(".tmp"), dir.path().join("app.json")).unwrap();

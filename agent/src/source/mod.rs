@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 use crate::secret::{SecretId, SecretVersion};
 
 pub mod file;
+pub mod kube;
 
 /// Sources announce changed secrets on this channel; the cache reloads the ones
 /// somebody asked for.
@@ -32,6 +33,18 @@ pub enum Loaded {
     },
 }
 
+/// What a secret's metadata says about one service account reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The source has no access metadata (development mode).
+    Unrestricted,
+    SecretAbsent,
+    /// The secret has no allowed-service-accounts annotation: nobody may read it.
+    NotAnnotated,
+    NotListed,
+    Allowed,
+}
+
 /// A backend needed to decode the secret cannot be reached; retrying may help.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -40,11 +53,14 @@ pub struct Unavailable(pub String);
 pub trait SecretSource: Send + Sync + 'static {
     /// Loads and decodes the current version of `id`. With `known`, a source may
     /// answer `Unchanged` without decoding when the revision is still `known`.
-    fn load<'a>(
-        &'a self,
-        id: &'a SecretId,
-        known: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Loaded, Unavailable>>;
+    fn load<'a>(&'a self, id: &'a SecretId, known: Option<&'a str>) -> BoxFuture<'a, Result<Loaded, Unavailable>>;
+
+    /// Whether the secret's own metadata lets `service_account` (of the
+    /// secret's namespace) read it; read without decoding anything.
+    fn access(&self, id: &SecretId, service_account: &str) -> Access {
+        let _ = (id, service_account);
+        Access::Unrestricted
+    }
 
     /// A hint for a person when `id` does not exist (where it was looked for).
     fn absent_hint(&self, id: &SecretId) -> Option<String> {

@@ -1,0 +1,116 @@
+//! `vaultlet serve`: the production agent (Kubernetes Secrets + Transit).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{CmdResult, shutdown_on_signal};
+use crate::admin::{self, ReadinessCheck};
+use crate::cache::Cache;
+use crate::config::ServeArgs;
+use crate::identity::Authenticator;
+use crate::identity::review::Reviewer;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::server::{self, SecretsService};
+use crate::source::change_channel;
+use crate::source::kube::KubeSource;
+use crate::transit::{Transit, VaultAuth, VaultSettings};
+
+/// How often readiness retries a Vault login while it fails (only then).
+const VAULT_PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Run the agent: serve pods on this node the managed Secrets they may read,
+/// decrypted through Vault/OpenBao Transit.
+///
+/// Callers present their projected ServiceAccount token (audience `vaultlet`);
+/// each Secret lists the service accounts of its namespace that may read it in
+/// the `vaultlet.io/allowed-service-accounts` annotation.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    settings: ServeArgs,
+}
+
+pub async fn run(args: Args) -> CmdResult {
+    let config = args.settings.resolve()?;
+    super::install_crypto_provider();
+    let shutdown = shutdown_on_signal()?;
+    let metrics = Arc::new(Metrics::default());
+
+    let kube = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("Kubernetes client (KUBECONFIG or in-cluster configuration): {e}"))?;
+    let transit = Transit::new(
+        VaultSettings { addr: config.vault_addr.clone(), cacert: config.vault_cacert.clone(), timeout: config.vault_timeout },
+        VaultAuth::Kubernetes {
+            mount: config.vault_auth_mount.clone(),
+            role: config.vault_auth_role.clone(),
+            jwt_file: config.vault_auth_jwt_file.clone(),
+        },
+        config.transit_mount.clone(),
+        metrics.clone(),
+    )?;
+
+    let (changes_tx, changes_rx) = change_channel();
+    let source = Arc::new(KubeSource::start(kube.clone(), &config.namespaces, transit.clone(), metrics.clone(), changes_tx));
+    let cache = Cache::new(source.clone());
+    tokio::spawn(cache.clone().run_refresh(changes_rx));
+
+    let readiness = watch_readiness(source.clone(), transit.clone());
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| format!("admin address {}: {e}", config.admin_listen))?;
+    tokio::spawn(admin::serve(admin_listener, metrics.clone(), readiness, shutdown.clone()));
+
+    let auth = Authenticator::Kubernetes {
+        audience: config.audience.clone(),
+        reviewer: Reviewer::new(kube, config.audience.clone(), config.token_review_cache_ttl, metrics.clone()),
+    };
+    let policy = Policy::Annotations { source };
+    let service = SecretsService::new(cache, auth, policy, metrics, shutdown.clone());
+    let listener = server::bind(&config.socket).await?;
+    tracing::info!(
+        socket = %config.socket.display(),
+        admin = %config.admin_listen,
+        vault = %config.vault_addr,
+        namespaces = %if config.namespaces.is_empty() { "*".to_owned() } else { config.namespaces.join(",") },
+        "serving"
+    );
+    server::serve(listener, &config.socket, service, shutdown).await?;
+    tracing::info!("stopped; socket removed");
+    Ok(())
+}
+
+/// Ready once the Secret watch has synced and a Vault login works. While Vault
+/// is unreachable a login is retried every few seconds; once it answers, no
+/// probe runs (steady state makes no Vault call).
+fn watch_readiness(source: Arc<KubeSource>, transit: Arc<Transit>) -> ReadinessCheck {
+    let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = synced.clone();
+    tokio::spawn(async move {
+        source.synced().await;
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!("Secret watch synced");
+    });
+    let probe = transit.clone();
+    tokio::spawn(async move {
+        loop {
+            if probe.health().is_err() {
+                if let Err(e) = probe.check().await {
+                    tracing::warn!(error = %e, "Vault/OpenBao not reachable; retrying");
+                }
+            }
+            tokio::time::sleep(VAULT_PROBE_EVERY).await;
+        }
+    });
+    Arc::new(move || {
+        let mut waiting = Vec::new();
+        if !synced.load(std::sync::atomic::Ordering::Relaxed) {
+            waiting.push("the watch of managed Secrets has not synced yet".to_owned());
+        }
+        if let Err(e) = transit.health() {
+            waiting.push(format!("Vault/OpenBao at {}: {e}", transit.addr()));
+        }
+        waiting
+    })
+}

@@ -1,0 +1,153 @@
+//! TokenReview, cached by token fingerprint: a caller's calls cost one review
+//! per cache period, concurrent calls with one token share one review, and a
+//! token the API server refused is not sent again within the period.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::Api;
+use kube::api::PostParams;
+use tokio::sync::OnceCell;
+
+use super::token::{Claims, fingerprint};
+use crate::metrics::Metrics;
+
+/// Bounds the cache however many distinct tokens arrive.
+const MAX_ENTRIES: usize = 8192;
+
+const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+const EXTRA_NODE_NAME: &str = "authentication.kubernetes.io/node-name";
+
+/// What the API server vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reviewed {
+    pub namespace: String,
+    pub service_account: String,
+    pub pod_name: Option<String>,
+    pub pod_uid: String,
+    /// Present when the API server reports it (Kubernetes 1.30+ bound tokens).
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    #[error("the Kubernetes API refused the token: {0}")]
+    Rejected(String),
+    #[error("the token does not belong to a ServiceAccount")]
+    NotServiceAccount,
+    #[error("the token is not bound to a pod (a legacy Secret-based token?)")]
+    NotPodBound,
+    #[error("cannot review the token: the Kubernetes API is unavailable: {0}")]
+    Unavailable(String),
+}
+
+type Outcome = Result<Arc<Reviewed>, ReviewError>;
+
+#[derive(Default)]
+struct Entry {
+    cell: OnceCell<(Outcome, Instant)>,
+}
+
+impl Entry {
+    fn expired(&self, now: Instant) -> bool {
+        self.cell.get().is_some_and(|(_, until)| now >= *until)
+    }
+}
+
+pub struct Reviewer {
+    api: Api<TokenReview>,
+    audience: String,
+    ttl: Duration,
+    cache: Mutex<HashMap<[u8; 32], Arc<Entry>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reviewer {
+    pub fn new(client: kube::Client, audience: String, ttl: Duration, metrics: Arc<Metrics>) -> Reviewer {
+        Reviewer { api: Api::all(client), audience, ttl, cache: Mutex::default(), metrics }
+    }
+
+    /// Reviews `token` (whose unverified claims are `claims`), from the cache
+    /// when a review of it is fresh. Never cached past the token's expiry.
+    pub async fn review(&self, token: &str, claims: &Claims) -> Outcome {
+        let key = fingerprint(token);
+        let entry = {
+            let now = Instant::now();
+            let mut cache = self.cache.lock().expect("review cache lock");
+            match cache.get(&key) {
+                Some(e) if !e.expired(now) => e.clone(),
+                _ => {
+                    if cache.len() >= MAX_ENTRIES {
+                        cache.retain(|_, e| !e.expired(now));
+                        if cache.len() >= MAX_ENTRIES {
+                            cache.clear();
+                        }
+                    }
+                    cache.entry(key).insert_entry(Arc::default()).get().clone()
+                }
+            }
+        };
+        let (outcome, _) = entry
+            .cell
+            .get_or_init(|| async {
+                let outcome = self.call(token, claims).await;
+                (outcome.clone(), self.cache_until(&outcome, claims))
+            })
+            .await;
+        outcome.clone()
+    }
+
+    fn cache_until(&self, outcome: &Outcome, claims: &Claims) -> Instant {
+        let now = Instant::now();
+        match outcome {
+            // An outage is not a verdict: the next call asks again.
+            Err(ReviewError::Unavailable(_)) => now,
+            Err(_) => now + self.ttl,
+            Ok(_) => {
+                let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+                let left = Duration::from_secs(claims.exp.unwrap_or(0).saturating_sub(unix_now));
+                now + self.ttl.min(left)
+            }
+        }
+    }
+
+    async fn call(&self, token: &str, claims: &Claims) -> Outcome {
+        self.metrics.token_reviews.inc();
+        let review = TokenReview {
+            spec: TokenReviewSpec { token: Some(token.to_owned()), audiences: Some(vec![self.audience.clone()]) },
+            ..TokenReview::default()
+        };
+        let answer = self
+            .api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
+        let status = answer.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(ReviewError::Rejected(status.error.unwrap_or_else(|| "not authenticated".into())));
+        }
+        if !status.audiences.unwrap_or_default().iter().any(|a| *a == self.audience) {
+            return Err(ReviewError::Rejected(format!("not valid for audience {:?}", self.audience)));
+        }
+        let user = status.user.unwrap_or_default();
+        let (namespace, service_account) = user
+            .username
+            .as_deref()
+            .and_then(|u| u.strip_prefix("system:serviceaccount:"))
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(ns, sa)| (ns.to_owned(), sa.to_owned()))
+            .ok_or(ReviewError::NotServiceAccount)?;
+        let extra = |name: &str| user.extra.as_ref()?.get(name)?.first().cloned();
+        let pod_uid = extra(EXTRA_POD_UID).or_else(|| claims.pod_uid.clone()).ok_or(ReviewError::NotPodBound)?;
+        Ok(Arc::new(Reviewed {
+            namespace,
+            service_account,
+            pod_name: extra(EXTRA_POD_NAME).or_else(|| claims.pod_name.clone()),
+            pod_uid,
+            node_name: extra(EXTRA_NODE_NAME),
+        }))
+    }
+}

@@ -1,0 +1,142 @@
+//! The labels and annotations that make a Kubernetes Secret a vaultlet secret
+//! (shared by the agent, `seal` and `recrypt`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use vaultlet_client::proto::Format;
+
+/// Only Secrets with this label are watched.
+pub const MANAGED_LABEL: &str = "vaultlet.io/managed";
+pub const MANAGED_SELECTOR: &str = "vaultlet.io/managed=true";
+/// The Transit key the data is encrypted with.
+pub const TRANSIT_KEY: &str = "vaultlet.io/transit-key";
+/// Service accounts of the Secret's namespace that may read it (absent: nobody).
+pub const ALLOWED_SERVICE_ACCOUNTS: &str = "vaultlet.io/allowed-service-accounts";
+/// `json` (default), `yaml`, `env` or `raw`.
+pub const FORMAT: &str = "vaultlet.io/format";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConventionError {
+    #[error("annotation {TRANSIT_KEY} is missing: seal the Secret with `vaultlet seal` or add it")]
+    NoTransitKey,
+    #[error("annotation {TRANSIT_KEY} {0:?} is not a Transit key name (letters, digits, '-', '_', '.')")]
+    BadTransitKey(String),
+    #[error("annotation {FORMAT} {0:?} is not json, yaml, env or raw")]
+    BadFormat(String),
+    #[error("data key {0:?} does not hold a Transit ciphertext (vault:vN:...)")]
+    NotCiphertext(String),
+    #[error("the Secret has no data")]
+    NoData,
+}
+
+/// A managed Secret, read: its key, format and ciphertexts by data key.
+pub struct Managed<'a> {
+    pub transit_key: &'a str,
+    pub format: Format,
+    pub ciphertexts: BTreeMap<&'a str, &'a str>,
+}
+
+pub fn annotation<'a>(secret: &'a Secret, name: &str) -> Option<&'a str> {
+    secret.metadata.annotations.as_ref()?.get(name).map(String::as_str)
+}
+
+pub fn read(secret: &Secret) -> Result<Managed<'_>, ConventionError> {
+    let transit_key = annotation(secret, TRANSIT_KEY).ok_or(ConventionError::NoTransitKey)?;
+    if !is_key_name(transit_key) {
+        return Err(ConventionError::BadTransitKey(transit_key.to_owned()));
+    }
+    let format = match annotation(secret, FORMAT) {
+        None => Format::Json,
+        Some(f) => parse_format(f).ok_or_else(|| ConventionError::BadFormat(f.to_owned()))?,
+    };
+    let data = secret.data.as_ref().filter(|d| !d.is_empty()).ok_or(ConventionError::NoData)?;
+    let ciphertexts = data
+        .iter()
+        .map(|(key, value)| match std::str::from_utf8(&value.0) {
+            Ok(ct) if crate::transit::key_version(ct).is_some() => Ok((key.as_str(), ct)),
+            _ => Err(ConventionError::NotCiphertext(key.clone())),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Managed { transit_key, format, ciphertexts })
+}
+
+/// The service accounts the annotation lists, or `None` without the annotation.
+pub fn allowed_service_accounts(secret: &Secret) -> Option<impl Iterator<Item = &str>> {
+    annotation(secret, ALLOWED_SERVICE_ACCOUNTS).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()))
+}
+
+pub fn parse_format(s: &str) -> Option<Format> {
+    match s {
+        "json" => Some(Format::Json),
+        "yaml" => Some(Format::Yaml),
+        "env" => Some(Format::Env),
+        "raw" => Some(Format::Raw),
+        _ => None,
+    }
+}
+
+pub fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Yaml => "yaml",
+        Format::Env => "env",
+        Format::Raw => "raw",
+        Format::Json | Format::Unspecified => "json",
+    }
+}
+
+/// Transit key names as Vault accepts them in a path segment.
+pub fn is_key_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && s != "."
+        && s != ".."
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::ByteString;
+
+    use super::*;
+
+    fn secret(annotations: &[(&str, &str)], data: &[(&str, &str)]) -> Secret {
+        let mut s = Secret::default();
+        s.metadata.annotations = Some(annotations.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect());
+        s.data = Some(data.iter().map(|(k, v)| ((*k).into(), ByteString(v.as_bytes().to_vec()))).collect());
+        s
+    }
+
+    #[test]
+    fn reads_a_managed_secret() {
+        let s = secret(&[(TRANSIT_KEY, "app"), (FORMAT, "yaml")], &[("a.yaml", "vault:v2:xyz")]);
+        let m = read(&s).unwrap();
+        assert_eq!((m.transit_key, m.format), ("app", Format::Yaml));
+        assert_eq!(m.ciphertexts["a.yaml"], "vault:v2:xyz");
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_use() {
+        assert_eq!(read(&secret(&[], &[("a", "vault:v1:x")])).err(), Some(ConventionError::NoTransitKey));
+        assert!(matches!(
+            read(&secret(&[(TRANSIT_KEY, "../x")], &[("a", "vault:v1:x")])),
+            Err(ConventionError::BadTransitKey(_))
+        ));
+        assert!(matches!(
+            read(&secret(&[(TRANSIT_KEY, "k"), (FORMAT, "xml")], &[("a", "vault:v1:x")])),
+            Err(ConventionError::BadFormat(_))
+        ));
+        assert!(matches!(
+            read(&secret(&[(TRANSIT_KEY, "k")], &[("a", "plaintext!")])),
+            Err(ConventionError::NotCiphertext(_))
+        ));
+        assert_eq!(read(&secret(&[(TRANSIT_KEY, "k")], &[])).err(), Some(ConventionError::NoData));
+    }
+
+    #[test]
+    fn lists_allowed_service_accounts() {
+        let s = secret(&[(ALLOWED_SERVICE_ACCOUNTS, "web, worker,,")], &[]);
+        assert_eq!(allowed_service_accounts(&s).unwrap().collect::<Vec<_>>(), ["web", "worker"]);
+        assert!(allowed_service_accounts(&secret(&[], &[])).is_none());
+    }
+}
