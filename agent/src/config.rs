@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::identity::PeerBinding;
+
 pub const DEFAULT_AUDIENCE: &str = "vaultlet";
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9750";
 pub const DEFAULT_JWT_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -93,13 +95,29 @@ pub struct ServeArgs {
     /// Deadline of every Vault/OpenBao call [default: 5s].
     #[arg(long, env = "VAULTLET_VAULT_TIMEOUT", value_name = "DURATION")]
     pub vault_timeout: Option<HumanDuration>,
+
+    /// Whether the token's pod must be the calling process's pod [default: enforce].
+    #[arg(long, env = "VAULTLET_PEER_BINDING", value_enum)]
+    pub peer_binding: Option<PeerBinding>,
+
+    /// Where the node's processes are listed (the DaemonSet runs with hostPID) [default: /proc].
+    #[arg(long, env = "VAULTLET_PROC_ROOT")]
+    pub proc_root: Option<PathBuf>,
+
+    /// Audit log file (JSON lines, hash-chained); `-` for standard output [default: -].
+    #[arg(long, env = "VAULTLET_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+
+    /// Agent-wide policy file of cross-namespace grants (YAML).
+    #[arg(long, env = "VAULTLET_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
 }
 
 /// The settings `serve` runs with.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub socket: PathBuf,
-    pub node_name: Option<String>,
+    pub node_name: String,
     pub namespaces: Vec<String>,
     pub admin_listen: SocketAddr,
     pub audience: String,
@@ -111,6 +129,10 @@ pub struct ServeConfig {
     pub vault_auth_jwt_file: PathBuf,
     pub transit_mount: String,
     pub vault_timeout: Duration,
+    pub peer_binding: PeerBinding,
+    pub proc_root: PathBuf,
+    pub audit_log: PathBuf,
+    pub policy_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +165,10 @@ impl ServeArgs {
             vault_auth_jwt_file: self.vault_auth_jwt_file.or(other.vault_auth_jwt_file),
             transit_mount: self.transit_mount.or(other.transit_mount),
             vault_timeout: self.vault_timeout.or(other.vault_timeout),
+            peer_binding: self.peer_binding.or(other.peer_binding),
+            proc_root: self.proc_root.or(other.proc_root),
+            audit_log: self.audit_log.or(other.audit_log),
+            policy_file: self.policy_file.or(other.policy_file),
         }
     }
 
@@ -168,7 +194,10 @@ impl ServeArgs {
         }
         Ok(ServeConfig {
             socket: merged.socket.unwrap_or_else(|| vaultlet_client::DEFAULT_SOCKET.into()),
-            node_name: merged.node_name.filter(|n| !n.is_empty()),
+            node_name: merged
+                .node_name
+                .filter(|n| !n.is_empty())
+                .ok_or(ConfigError::Missing("node-name", "NODE_NAME"))?,
             namespaces,
             admin_listen: merged.admin_listen.unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
             audience,
@@ -182,6 +211,10 @@ impl ServeArgs {
             vault_auth_jwt_file: merged.vault_auth_jwt_file.unwrap_or_else(|| DEFAULT_JWT_FILE.into()),
             transit_mount: merged.transit_mount.unwrap_or_else(|| "transit".into()),
             vault_timeout: merged.vault_timeout.map_or(Duration::from_secs(5), |d| d.0),
+            peer_binding: merged.peer_binding.unwrap_or(PeerBinding::Enforce),
+            proc_root: merged.proc_root.unwrap_or_else(|| "/proc".into()),
+            audit_log: merged.audit_log.unwrap_or_else(|| "-".into()),
+            policy_file: merged.policy_file,
         })
     }
 }
@@ -202,6 +235,7 @@ mod tests {
         let mut a = ServeArgs {
             vault_addr: Some("http://127.0.0.1:8200".into()),
             vault_auth_role: Some("agent".into()),
+            node_name: Some("node-1".into()),
             ..Default::default()
         };
         f(&mut a);
@@ -217,6 +251,8 @@ mod tests {
         assert_eq!(c.vault_timeout, Duration::from_secs(5));
         assert_eq!(c.token_review_cache_ttl, Duration::from_secs(10));
         assert!(c.namespaces.is_empty());
+        assert_eq!(c.peer_binding, PeerBinding::Enforce);
+        assert_eq!(c.audit_log, PathBuf::from("-"));
     }
 
     #[test]
@@ -225,7 +261,7 @@ mod tests {
         let file = dir.path().join("c.yaml");
         std::fs::write(
             &file,
-            "transit-mount: kv-transit\nvault-timeout: 2s\nnamespaces: [a, b]\naudience: from-file\n",
+            "transit-mount: kv-transit\nvault-timeout: 2s\nnamespaces: [a, b]\naudience: from-file\npeer-binding: warn\n",
         )
         .unwrap();
         let c = args(|a| {
@@ -238,12 +274,15 @@ mod tests {
         assert_eq!(c.vault_timeout, Duration::from_secs(2));
         assert_eq!(c.namespaces, ["a", "b"]);
         assert_eq!(c.audience, "from-flag");
+        assert_eq!(c.peer_binding, PeerBinding::Warn);
     }
 
     #[test]
     fn mistakes_are_named() {
-        let e = ServeArgs::default().resolve().unwrap_err().to_string();
+        let e = args(|a| a.vault_addr = None).resolve().unwrap_err().to_string();
         assert!(e.contains("vault-addr") && e.contains("VAULT_ADDR"), "{e}");
+        let e = args(|a| a.node_name = None).resolve().unwrap_err().to_string();
+        assert!(e.contains("node-name") && e.contains("NODE_NAME"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.yaml");
         std::fs::write(&file, "vault-adr: typo\n").unwrap();

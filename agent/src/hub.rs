@@ -93,21 +93,24 @@ impl Tracker {
                 }
             }
             SecretState::Ready { version, error } => {
+                if let Err(e) = version.project(&self.id, &self.reference) {
+                    // This version lacks what the reference asks for (a data key, a
+                    // field): report it once; the subscriber keeps what it holds.
+                    if self.failed_revision.as_deref() != Some(version.revision.as_str()) {
+                        self.failed_revision = Some(version.revision.clone());
+                        let held = match &self.sent {
+                            Sent::Version(v) => Some(v.clone()),
+                            _ => None,
+                        };
+                        let error =
+                            EventError { code: e.code(), message: e.to_string(), revision: version.revision.clone() };
+                        out.push(self.event(EventKind::Error, held, Some(error)));
+                    }
+                    return out;
+                }
                 if let Some(kind) = self.values_event(version) {
                     self.sent = Sent::Version(version.clone());
-                    match version.project(&self.id, &self.reference) {
-                        Ok(_) => out.push(self.event(kind, Some(version.clone()), None)),
-                        // The reference asks for what this version lacks (a data key, a field).
-                        Err(e) => out.push(self.event(
-                            EventKind::Error,
-                            None,
-                            Some(EventError {
-                                code: e.code(),
-                                message: e.to_string(),
-                                revision: version.revision.clone(),
-                            }),
-                        )),
-                    }
+                    out.push(self.event(kind, Some(version.clone()), None));
                 }
                 match error {
                     Some(e) => self.push_error(&mut out, e, Some(version.clone())),
@@ -301,6 +304,7 @@ mod tests {
         got.sort_by_key(|e| e.index);
         assert_eq!(got[0].kind, EventKind::Error);
         assert_eq!(got[0].error.as_ref().unwrap().code, tonic::Code::NotFound);
+        assert_eq!(got[0].version.as_ref().unwrap().revision, "1", "the last good values stay with the error");
         assert_eq!(got[1].kind, EventKind::ContentChanged);
     }
 }

@@ -5,11 +5,13 @@
 //! cache's state channels to `hub`, which fans them out to subscribers.
 
 pub mod admin;
+pub mod audit;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod document;
 pub mod hub;
+pub mod hygiene;
 pub mod identity;
 pub mod metrics;
 pub mod policy;

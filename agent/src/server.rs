@@ -18,8 +18,11 @@ use vaultlet_client::proto::secrets_server::{Secrets, SecretsServer};
 use vaultlet_client::proto::{self, EventKind};
 use vaultlet_client::{RefError, SecretRef, code_name};
 
+use crate::audit::{self, AuditLog};
 use crate::cache::{Cache, SecretState};
 use crate::hub::{self, HubEvent, Watched};
+use crate::identity::peer::{Peer, PeerStream};
+use crate::identity::review::ReviewError;
 use crate::identity::{AuthError, Authenticator, Caller};
 use crate::metrics::{CallLabels, DecisionLabels, Metrics};
 use crate::policy::{Denied, Policy};
@@ -59,6 +62,9 @@ impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Status {
         let code = match &e {
             ServiceError::Unauthenticated(a) if a.is_unavailable() => tonic::Code::Unavailable,
+            ServiceError::Unauthenticated(AuthError::Review(ReviewError::RateLimited)) => {
+                tonic::Code::ResourceExhausted
+            }
             ServiceError::Unauthenticated(_) => tonic::Code::Unauthenticated,
             ServiceError::InvalidRef { .. } | ServiceError::NoRefs | ServiceError::TooManyRefs(_) => {
                 tonic::Code::InvalidArgument
@@ -78,10 +84,14 @@ pub struct SecretsService {
     auth: Authenticator,
     policy: Policy,
     metrics: Arc<Metrics>,
+    audit: Option<AuditLog>,
     shutdown: CancellationToken,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::SecretEvent, Status>> + Send>>;
+
+/// Longest reference text kept in an audit record.
+const AUDIT_REF_CHARS: usize = 300;
 
 impl SecretsService {
     pub fn new(
@@ -89,28 +99,80 @@ impl SecretsService {
         auth: Authenticator,
         policy: Policy,
         metrics: Arc<Metrics>,
+        audit: Option<AuditLog>,
         shutdown: CancellationToken,
     ) -> Self {
-        SecretsService { cache, auth, policy, metrics, shutdown }
-    }
-
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, ServiceError> {
-        self.auth.authenticate(request).await.map_err(|e| {
-            if !e.is_unavailable() {
-                self.decision("unauthenticated");
-            }
-            tracing::info!(error = %e, "caller refused");
-            ServiceError::from(e)
-        })
-    }
-
-    fn decision(&self, decision: &'static str) {
-        self.metrics.decisions.get_or_create(&DecisionLabels { decision }).inc();
+        SecretsService { cache, auth, policy, metrics, audit, shutdown }
     }
 
     fn count<T>(&self, method: &'static str, result: &Result<T, Status>) {
         let code = code_name(result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok));
         self.metrics.calls.get_or_create(&CallLabels { method, code }).inc();
+    }
+
+    /// Authenticates the caller, validates the references and checks policy for
+    /// each; counts, logs and audits the decision.
+    async fn admit<T>(
+        &self,
+        method: &'static str,
+        request: &Request<T>,
+        refs: Vec<Option<proto::SecretRef>>,
+    ) -> Result<(Caller, Vec<(SecretId, SecretRef)>), ServiceError> {
+        let peer = request.extensions().get::<Peer>();
+        let mut record = audit::Record {
+            method,
+            peer_pid: peer.and_then(|p| p.pid),
+            peer_uid: peer.and_then(|p| p.uid),
+            ..audit::Record::default()
+        };
+        let outcome = self.decide(request, refs, &mut record).await;
+        record.decision = match &outcome {
+            Ok(_) => "allowed",
+            Err(ServiceError::Unauthenticated(e)) if e.is_unavailable() => "unavailable",
+            Err(ServiceError::Unauthenticated(_)) => "unauthenticated",
+            Err(ServiceError::Denied { .. }) => "denied",
+            Err(_) => "invalid",
+        };
+        if let Err(e) = &outcome {
+            let reason = match e {
+                ServiceError::Denied { denied, .. } => denied.reason.clone(),
+                other => other.to_string(),
+            };
+            tracing::info!(method, decision = record.decision, caller = record.caller.as_deref(), pid = record.peer_pid, %reason, "refused");
+            record.reason = Some(reason);
+        }
+        self.metrics.decisions.get_or_create(&DecisionLabels { decision: record.decision }).inc();
+        if let Some(log) = &self.audit {
+            log.record(record).await;
+        }
+        outcome
+    }
+
+    async fn decide<T>(
+        &self,
+        request: &Request<T>,
+        refs: Vec<Option<proto::SecretRef>>,
+        record: &mut audit::Record,
+    ) -> Result<(Caller, Vec<(SecretId, SecretRef)>), ServiceError> {
+        let caller = self.auth.authenticate(request).await?;
+        if let Some(sa) = &caller.service_account {
+            record.caller = Some(format!("{}/{sa}", caller.namespace));
+        }
+        if let Some(pod) = &caller.pod {
+            record.pod = pod.pod_name.as_ref().map(|n| format!("{}/{n}", pod.namespace));
+            record.pod_uid = Some(pod.pod_uid.clone());
+        }
+        Self::check_count(refs.len())?;
+        record.secrets = refs
+            .iter()
+            .map(|r| {
+                let r = SecretRef::from(r.clone().unwrap_or_default()).in_namespace(&caller.namespace);
+                r.to_string().chars().take(AUDIT_REF_CHARS).collect()
+            })
+            .collect();
+        let resolved =
+            refs.into_iter().enumerate().map(|(i, r)| self.resolve(&caller, i, r)).collect::<Result<Vec<_>, _>>()?;
+        Ok((caller, resolved))
     }
 
     /// Validates one reference, fills in the caller's namespace, checks policy.
@@ -124,11 +186,7 @@ impl SecretsService {
         r.validate().map_err(|error| ServiceError::InvalidRef { index, error })?;
         let r = r.in_namespace(&caller.namespace);
         let id = SecretId::new(&r.namespace, &r.name);
-        if let Err(denied) = self.policy.check(caller, &id) {
-            self.decision("denied");
-            tracing::info!(caller = %denied.caller, secret = %denied.secret, reason = %denied.reason, "access denied");
-            return Err(ServiceError::Denied { reference: r.to_string(), denied });
-        }
+        self.policy.check(caller, &id).map_err(|denied| ServiceError::Denied { reference: r.to_string(), denied })?;
         Ok((id, r))
     }
 
@@ -144,17 +202,10 @@ impl SecretsService {
         &self,
         request: Request<proto::GetSecretsRequest>,
     ) -> Result<Response<proto::GetSecretsResponse>, ServiceError> {
-        let caller = self.caller(&request).await?;
-        let refs = request.into_inner().refs;
-        Self::check_count(refs.len())?;
-        let resolved = refs
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| self.resolve(&caller, i, Some(r)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let refs = request.get_ref().refs.iter().cloned().map(Some).collect();
+        let (_, resolved) = self.admit("GetSecrets", &request, refs).await?;
         // Several secrets load concurrently (a cold start pays one round trip).
         let secrets = futures::future::try_join_all(resolved.into_iter().map(|(id, r)| self.get_one(id, r))).await?;
-        self.decision("allowed");
         Ok(Response::new(proto::GetSecretsResponse { secrets }))
     }
 
@@ -177,12 +228,11 @@ impl SecretsService {
     }
 
     async fn watch(&self, request: Request<proto::WatchSecretsRequest>) -> Result<Response<EventStream>, ServiceError> {
-        let caller = self.caller(&request).await?;
+        let refs = request.get_ref().secrets.iter().map(|t| t.r#ref.clone()).collect();
+        let (_, resolved) = self.admit("WatchSecrets", &request, refs).await?;
         let targets = request.into_inner().secrets;
-        Self::check_count(targets.len())?;
         let mut watched = Vec::with_capacity(targets.len());
-        for (index, t) in targets.into_iter().enumerate() {
-            let (id, reference) = self.resolve(&caller, index, t.r#ref)?;
+        for ((index, t), (id, reference)) in targets.into_iter().enumerate().zip(resolved) {
             let states = self
                 .cache
                 .subscribe(&id)
@@ -191,7 +241,6 @@ impl SecretsService {
             let known_revision = (!t.known_revision.is_empty()).then_some(t.known_revision);
             watched.push(Watched { index: index as u32, id, reference, known_revision, states });
         }
-        self.decision("allowed");
         let open = StreamGauge::new(&self.metrics);
         // Streams end when the agent shuts down, so that clients reconnect to the next one.
         let events = hub::events(watched)
@@ -324,6 +373,7 @@ pub async fn bind(socket: &Path) -> Result<UnixListener, ServeError> {
 pub async fn serve(
     listener: UnixListener,
     socket: &Path,
+    proc_root: PathBuf,
     service: SecretsService,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
@@ -341,7 +391,11 @@ pub async fn serve(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(secrets)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            // Each connection learns its peer (process, pod) once, when accepted.
+            UnixListenerStream::new(listener).map(move |conn| conn.map(|s| PeerStream::accept(s, &proc_root))),
+            shutdown.clone().cancelled_owned(),
+        );
     tokio::pin!(server);
     let result = tokio::select! {
         r = &mut server => r,

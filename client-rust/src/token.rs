@@ -39,7 +39,14 @@ impl TokenSource {
 fn read_token_file(path: &Path) -> Result<Option<SecretString>, Error> {
     match std::fs::read_to_string(path) {
         Ok(mut text) => {
-            let token = SecretString::from(text.trim());
+            let token = text.trim();
+            if token.is_empty() {
+                return Err(Error::Status {
+                    code: tonic::Code::Unauthenticated,
+                    message: format!("the token file {} is empty", path.display()),
+                });
+            }
+            let token = SecretString::from(token);
             text.zeroize();
             Ok(Some(token))
         }

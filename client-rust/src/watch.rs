@@ -147,7 +147,8 @@ impl State {
         Some((Err(e), self))
     }
 
-    /// Full-jitter exponential backoff: a node's pods do not all reconnect at once.
+    /// Exponential backoff with jitter (half to all of the cap): a node's pods
+    /// do not all reconnect at once.
     async fn backoff(&mut self, why: &Error) {
         let cap = BACKOFF_FIRST.saturating_mul(1 << self.attempt.min(6)).min(BACKOFF_MAX);
         let wait = cap.mul_f64(0.5 + fastrand::f64() / 2.0);

@@ -37,9 +37,9 @@ pub async fn run(args: Args) -> CmdResult {
 
     let listener = server::bind(&args.socket).await?;
     let open = Authenticator::Open { namespace: DEFAULT_NAMESPACE.into() };
-    let service = SecretsService::new(cache, open, Policy::AllowAll, Default::default(), shutdown.clone());
+    let service = SecretsService::new(cache, open, Policy::AllowAll, Default::default(), None, shutdown.clone());
     print_banner(&source, &args.socket);
-    server::serve(listener, &args.socket, service, shutdown).await?;
+    server::serve(listener, &args.socket, "/proc".into(), service, shutdown).await?;
     tracing::info!("stopped; socket removed");
     Ok(())
 }

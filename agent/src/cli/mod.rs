@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod audit;
 mod dev;
 mod get;
 mod recrypt;
@@ -48,6 +49,7 @@ enum Command {
     Watch(watch::Args),
     Seal(seal::Args),
     Recrypt(recrypt::Args),
+    Audit(audit::Args),
 }
 
 /// Options shared by the commands that talk to a running agent.
@@ -91,6 +93,7 @@ pub fn run() -> ExitCode {
             Command::Watch(args) => ("watch", watch::run(args).await),
             Command::Seal(args) => ("seal", seal::run(args).await),
             Command::Recrypt(args) => ("recrypt", recrypt::run(args).await),
+            Command::Audit(args) => ("audit", audit::run(args).await),
         }
     });
     match result {
@@ -104,7 +107,8 @@ pub fn run() -> ExitCode {
 
 /// Libraries whose debug output could carry request bodies or headers (tokens,
 /// ciphertext, plaintext): capped whatever `VAULTLET_LOG` asks for.
-const QUIET_LIBRARIES: [&str; 7] = ["h2=info", "hyper=info", "reqwest=info", "rustify=off", "vaultrs=off", "kube_client=info", "tower=info"];
+const QUIET_LIBRARIES: [&str; 7] =
+    ["h2=info", "hyper=info", "reqwest=info", "rustify=off", "vaultrs=off", "kube_client=info", "tower=info"];
 
 fn init_logging(format: LogFormat) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("VAULTLET_LOG")

@@ -105,7 +105,14 @@ pub async fn run(args: Args) -> CmdResult {
     Ok(())
 }
 
-async fn recrypt_key(args: &Args, transit: &Arc<Transit>, kube: &kube::Client, key: &str, secrets: Vec<Secret>, tally: &mut Tally) {
+async fn recrypt_key(
+    args: &Args,
+    transit: &Arc<Transit>,
+    kube: &kube::Client,
+    key: &str,
+    secrets: Vec<Secret>,
+    tally: &mut Tally,
+) {
     let info = async {
         if !args.dry_run {
             transit.rotate(key).await?;

@@ -150,7 +150,13 @@ fn read_plaintext(file: &PathBuf) -> Result<Zeroizing<Vec<u8>>, String> {
 }
 
 /// Creates the Secret or updates the one there, with optimistic concurrency.
-async fn write(api: &Api<Secret>, args: &Args, data_key: &str, format: Format, ciphertext: &str) -> Result<&'static str, String> {
+async fn write(
+    api: &Api<Secret>,
+    args: &Args,
+    data_key: &str,
+    format: Format,
+    ciphertext: &str,
+) -> Result<&'static str, String> {
     let what = format!("Secret {}/{}", args.namespace, args.name);
     for _ in 0..WRITE_ATTEMPTS {
         let existing = api.get_opt(&args.name).await.map_err(|e| format!("reading {what}: {e}"))?;
@@ -173,7 +179,10 @@ async fn write(api: &Api<Secret>, args: &Args, data_key: &str, format: Format, c
         if let Some(allow) = &args.allow {
             annotations.insert(ALLOWED_SERVICE_ACCOUNTS.into(), allow.join(","));
         }
-        secret.data.get_or_insert_with(BTreeMap::new).insert(data_key.into(), ByteString(ciphertext.as_bytes().to_vec()));
+        secret
+            .data
+            .get_or_insert_with(BTreeMap::new)
+            .insert(data_key.into(), ByteString(ciphertext.as_bytes().to_vec()));
         secret.string_data = None;
         let result = if outcome == "created" {
             api.create(&PostParams::default(), &secret).await
@@ -195,14 +204,18 @@ async fn write(api: &Api<Secret>, args: &Args, data_key: &str, format: Format, c
 fn check_compatible(s: &Secret, what: &str, args: &Args, data_key: &str, format: Format) -> Result<(), String> {
     let managed = s.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_LABEL)).is_some_and(|v| v == "true");
     if !managed {
-        return Err(format!("{what} exists and is not managed by vaultlet (no label {MANAGED_LABEL}=true); refusing to overwrite it"));
+        return Err(format!(
+            "{what} exists and is not managed by vaultlet (no label {MANAGED_LABEL}=true); refusing to overwrite it"
+        ));
     }
     let others = s.data.as_ref().is_some_and(|d| d.keys().any(|k| k != data_key));
     if !others {
         return Ok(());
     }
     if let Some(key) = convention::annotation(s, TRANSIT_KEY).filter(|k| *k != args.transit_key) {
-        return Err(format!("{what} holds other data keys sealed with transit key {key:?}; seal with --transit-key {key}"));
+        return Err(format!(
+            "{what} holds other data keys sealed with transit key {key:?}; seal with --transit-key {key}"
+        ));
     }
     let existing = convention::annotation(s, FORMAT).unwrap_or("json");
     if existing != convention::format_name(format) {

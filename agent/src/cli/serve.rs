@@ -5,16 +5,22 @@ use std::time::Duration;
 
 use super::{CmdResult, shutdown_on_signal};
 use crate::admin::{self, ReadinessCheck};
+use crate::audit::AuditLog;
 use crate::cache::Cache;
 use crate::config::ServeArgs;
-use crate::identity::Authenticator;
+use crate::identity::pods::NodePods;
 use crate::identity::review::Reviewer;
+use crate::identity::{Authenticator, KubeAuth, RateLimiter};
 use crate::metrics::Metrics;
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyFile};
 use crate::server::{self, SecretsService};
 use crate::source::change_channel;
 use crate::source::kube::KubeSource;
 use crate::transit::{Transit, VaultAuth, VaultSettings};
+
+/// TokenReviews (cache misses) one pod may cause: a burst, then a steady rate.
+const REVIEW_BURST: u32 = 20;
+const REVIEW_PER_SECOND: u32 = 5;
 
 /// How often readiness retries a Vault login while it fails (only then).
 const VAULT_PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -33,7 +39,14 @@ pub struct Args {
 
 pub async fn run(args: Args) -> CmdResult {
     let config = args.settings.resolve()?;
+    crate::hygiene::check_socket_dir(&config.socket)?;
+    crate::hygiene::harden();
     super::install_crypto_provider();
+    let grants = match &config.policy_file {
+        Some(path) => PolicyFile::load(path)?.grants,
+        None => Vec::new(),
+    };
+    let audit = AuditLog::open(&config.audit_log)?;
     let shutdown = shutdown_on_signal()?;
     let metrics = Arc::new(Metrics::default());
 
@@ -41,7 +54,11 @@ pub async fn run(args: Args) -> CmdResult {
         .await
         .map_err(|e| format!("Kubernetes client (KUBECONFIG or in-cluster configuration): {e}"))?;
     let transit = Transit::new(
-        VaultSettings { addr: config.vault_addr.clone(), cacert: config.vault_cacert.clone(), timeout: config.vault_timeout },
+        VaultSettings {
+            addr: config.vault_addr.clone(),
+            cacert: config.vault_cacert.clone(),
+            timeout: config.vault_timeout,
+        },
         VaultAuth::Kubernetes {
             mount: config.vault_auth_mount.clone(),
             role: config.vault_auth_role.clone(),
@@ -52,31 +69,39 @@ pub async fn run(args: Args) -> CmdResult {
     )?;
 
     let (changes_tx, changes_rx) = change_channel();
-    let source = Arc::new(KubeSource::start(kube.clone(), &config.namespaces, transit.clone(), metrics.clone(), changes_tx));
+    let source =
+        Arc::new(KubeSource::start(kube.clone(), &config.namespaces, transit.clone(), metrics.clone(), changes_tx));
     let cache = Cache::new(source.clone());
     tokio::spawn(cache.clone().run_refresh(changes_rx));
 
+    let pods = NodePods::start(kube.clone(), &config.node_name);
     let readiness = watch_readiness(source.clone(), transit.clone());
     let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .map_err(|e| format!("admin address {}: {e}", config.admin_listen))?;
     tokio::spawn(admin::serve(admin_listener, metrics.clone(), readiness, shutdown.clone()));
 
-    let auth = Authenticator::Kubernetes {
+    let auth = Authenticator::Kubernetes(Box::new(KubeAuth {
         audience: config.audience.clone(),
         reviewer: Reviewer::new(kube, config.audience.clone(), config.token_review_cache_ttl, metrics.clone()),
-    };
-    let policy = Policy::Annotations { source };
-    let service = SecretsService::new(cache, auth, policy, metrics, shutdown.clone());
+        peer_binding: config.peer_binding,
+        node: config.node_name.clone(),
+        pods,
+        limiter: RateLimiter::new(REVIEW_BURST, REVIEW_PER_SECOND),
+    }));
+    let policy = Policy::Kubernetes { source, grants };
+    let service = SecretsService::new(cache, auth, policy, metrics, Some(audit), shutdown.clone());
     let listener = server::bind(&config.socket).await?;
     tracing::info!(
         socket = %config.socket.display(),
         admin = %config.admin_listen,
         vault = %config.vault_addr,
+        node = %config.node_name,
+        peer_binding = ?config.peer_binding,
         namespaces = %if config.namespaces.is_empty() { "*".to_owned() } else { config.namespaces.join(",") },
         "serving"
     );
-    server::serve(listener, &config.socket, service, shutdown).await?;
+    server::serve(listener, &config.socket, config.proc_root.clone(), service, shutdown).await?;
     tracing::info!("stopped; socket removed");
     Ok(())
 }

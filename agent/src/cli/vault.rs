@@ -51,7 +51,11 @@ impl VaultArgs {
             (None, Ok(token)) if !token.trim().is_empty() => VaultAuth::Token(SecretString::from(token.trim())),
             _ => return Err("no Vault credential: set VAULT_TOKEN, or pass --vault-auth-role to log in with the Kubernetes auth method".into()),
         };
-        let settings = VaultSettings { addr: self.vault_addr.clone(), cacert: self.vault_cacert.clone(), timeout: self.vault_timeout.0 };
+        let settings = VaultSettings {
+            addr: self.vault_addr.clone(),
+            cacert: self.vault_cacert.clone(),
+            timeout: self.vault_timeout.0,
+        };
         Ok(Transit::new(settings, auth, self.transit_mount.clone(), Default::default())?)
     }
 }

@@ -42,6 +42,8 @@ pub enum ReviewError {
     NotPodBound,
     #[error("cannot review the token: the Kubernetes API is unavailable: {0}")]
     Unavailable(String),
+    #[error("too many new tokens from this caller; retry in a moment")]
+    RateLimited,
 }
 
 type Outcome = Result<Arc<Reviewed>, ReviewError>;
@@ -71,8 +73,9 @@ impl Reviewer {
     }
 
     /// Reviews `token` (whose unverified claims are `claims`), from the cache
-    /// when a review of it is fresh. Never cached past the token's expiry.
-    pub async fn review(&self, token: &str, claims: &Claims) -> Outcome {
+    /// when a review of it is fresh. Never cached past the token's expiry. A
+    /// review is sent only if `may_call` agrees (the caller's rate limit).
+    pub async fn review(&self, token: &str, claims: &Claims, may_call: impl FnOnce() -> bool) -> Outcome {
         let key = fingerprint(token);
         let entry = {
             let now = Instant::now();
@@ -93,6 +96,9 @@ impl Reviewer {
         let (outcome, _) = entry
             .cell
             .get_or_init(|| async {
+                if !may_call() {
+                    return (Err(ReviewError::RateLimited), Instant::now());
+                }
                 let outcome = self.call(token, claims).await;
                 (outcome.clone(), self.cache_until(&outcome, claims))
             })
@@ -104,7 +110,7 @@ impl Reviewer {
         let now = Instant::now();
         match outcome {
             // An outage is not a verdict: the next call asks again.
-            Err(ReviewError::Unavailable(_)) => now,
+            Err(ReviewError::Unavailable(_) | ReviewError::RateLimited) => now,
             Err(_) => now + self.ttl,
             Ok(_) => {
                 let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();

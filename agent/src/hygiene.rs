@@ -1,0 +1,53 @@
+//! Process hygiene for an agent that holds plaintext: no core dumps, pages
+//! locked in memory where the limit allows, a socket directory nobody else can
+//! write to.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// Core dumps off (and ptrace by other users: a non-dumpable process cannot be
+/// attached to), then lock current and future pages in RAM so plaintext is not
+/// swapped out. Locking needs CAP_IPC_LOCK or a high enough RLIMIT_MEMLOCK;
+/// without it the agent runs anyway and says so once.
+pub fn harden() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot turn core dumps off");
+    }
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    use nix::sys::mman::{MlockAllFlags, mlockall};
+    // MCL_ONFAULT (Linux 4.4+, not in nix): lock pages as they are touched, so
+    // locking does not fault in (and count against RSS) every reserved page.
+    const MCL_ONFAULT: std::ffi::c_int = 4;
+    let flags =
+        MlockAllFlags::from_bits_retain((MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE).bits() | MCL_ONFAULT);
+    if let Err(e) = mlockall(flags) {
+        tracing::info!(error = %e, "memory not locked (needs CAP_IPC_LOCK or a higher RLIMIT_MEMLOCK): decrypted values may be swapped out if the node swaps");
+    }
+}
+
+/// Refuses a socket directory others may write to (they could replace the socket).
+pub fn check_socket_dir(socket: &Path) -> Result<(), String> {
+    let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
+    let Ok(meta) = std::fs::metadata(dir) else { return Ok(()) };
+    if meta.permissions().mode() & 0o002 != 0 {
+        return Err(format!(
+            "socket directory {} is world-writable: anyone on the node could replace the socket; use a directory such as /run/vaultlet (mode 0750)",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn world_writable_socket_dirs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        assert!(check_socket_dir(&dir.path().join("s.sock")).is_ok());
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(check_socket_dir(&dir.path().join("s.sock")).unwrap_err().contains("world-writable"));
+    }
+}
