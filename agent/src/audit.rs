@@ -195,10 +195,10 @@ pub fn verify(reader: impl BufRead, expected_head: Option<&str>) -> Result<Verif
         prev = Some((seq, hash(&line)));
     }
     let Some((_, head)) = prev else { return Err(ChainError::Empty.into()) };
-    if let Some(expected) = expected_head {
-        if expected != head {
-            return Err(ChainError::Head { found: head, expected: expected.to_owned() }.into());
-        }
+    if let Some(expected) = expected_head
+        && expected != head
+    {
+        return Err(ChainError::Head { found: head, expected: expected.to_owned() }.into());
     }
     Ok(Verified { records, first_seq, head })
 }
@@ -210,7 +210,7 @@ mod tests {
     fn record(n: usize) -> Record {
         Record {
             method: "GetSecrets",
-            decision: if n % 2 == 0 { "allowed" } else { "denied" },
+            decision: if n.is_multiple_of(2) { "allowed" } else { "denied" },
             caller: Some("app/web".into()),
             secrets: vec![format!("app/s{n}")],
             ..Record::default()

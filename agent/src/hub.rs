@@ -296,11 +296,11 @@ mod tests {
         let mut r = watched(0, "app", None, rx.clone());
         r.reference.fields = vec!["b".into()];
         let mut s = events(vec![r, watched(1, "app", None, rx)]);
-        let mut kinds = vec![next(&mut s).await, next(&mut s).await];
+        let mut kinds = [next(&mut s).await, next(&mut s).await];
         kinds.sort_by_key(|e| e.index);
         assert_eq!(kinds.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::Snapshot, EventKind::Snapshot]);
         tx.send_replace(ready(version("2", &[("k", 1, r#"{"a":"1"}"#)])));
-        let mut got = vec![next(&mut s).await, next(&mut s).await];
+        let mut got = [next(&mut s).await, next(&mut s).await];
         got.sort_by_key(|e| e.index);
         assert_eq!(got[0].kind, EventKind::Error);
         assert_eq!(got[0].error.as_ref().unwrap().code, tonic::Code::NotFound);

@@ -85,10 +85,11 @@ impl SecretVersion {
     /// previous `Arc`, so later comparisons are pointer comparisons.
     pub fn share_unchanged(mut self, previous: &SecretVersion) -> Self {
         for (key, dv) in self.documents.iter_mut() {
-            if let Some(old) = previous.documents.get(key) {
-                if !Arc::ptr_eq(&old.doc, &dv.doc) && old.doc.same_content(&dv.doc) {
-                    dv.doc = old.doc.clone();
-                }
+            if let Some(old) = previous.documents.get(key)
+                && !Arc::ptr_eq(&old.doc, &dv.doc)
+                && old.doc.same_content(&dv.doc)
+            {
+                dv.doc = old.doc.clone();
             }
         }
         self
@@ -146,7 +147,7 @@ impl SecretVersion {
                 .collect::<Result<_, _>>()?
         };
         let raw = match docs.as_slice() {
-            [(_, dv)] if r.fields.is_empty() => Some(dv.doc.raw.expose_secret().as_ref()),
+            [(_, dv)] if r.fields.is_empty() => Some(dv.doc.raw.expose_secret()),
             _ => None,
         };
         Ok(View { values, raw, key_version, format })

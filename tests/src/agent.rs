@@ -8,17 +8,16 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// The agent binary: `VAULTLET_BIN`, else `vaultlet` next to the test's own
-/// target directory (`target/debug/deps/test-... -> target/debug/vaultlet`).
+/// The agent binary: `VAULTLET_BIN`, else `vaultlet` in the same target
+/// directory as this executable (a test runs from `target/debug/deps/`, a
+/// binary such as the benchmark from `target/debug/` or `target/release/`).
 pub fn vaultlet_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("VAULTLET_BIN") {
         return p.into();
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("target directory");
+    let dir = if dir.ends_with("deps") { dir.parent().expect("target directory") } else { dir };
     let bin = dir.join("vaultlet");
     assert!(
         bin.exists(),
@@ -30,11 +29,7 @@ pub fn vaultlet_bin() -> PathBuf {
 
 /// Runs `vaultlet ARGS...` to completion.
 pub fn vaultlet(args: &[&str]) -> Output {
-    Command::new(vaultlet_bin())
-        .args(args)
-        .env("VAULTLET_LOG", "warn")
-        .output()
-        .expect("run vaultlet")
+    Command::new(vaultlet_bin()).args(args).env("VAULTLET_LOG", "warn").output().expect("run vaultlet")
 }
 
 /// A running agent; killed when dropped.
@@ -42,18 +37,24 @@ pub struct AgentProcess {
     child: Child,
     pub socket: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: Option<PathBuf>,
 }
 
 impl AgentProcess {
     /// Starts `vaultlet ARGS...` and waits until `socket` accepts connections.
     pub fn start(args: &[&str], socket: &Path) -> AgentProcess {
+        AgentProcess::launch(args, &[], None, socket)
+    }
+
+    /// `start` with these environment variables, appending the agent's log
+    /// (stderr) to `log` when given.
+    pub fn launch(args: &[&str], env: &[(&str, &str)], log: Option<&Path>, socket: &Path) -> AgentProcess {
         let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        let child = spawn(&args);
-        let mut agent = AgentProcess {
-            child,
-            socket: socket.to_owned(),
-            args,
-        };
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let log = log.map(Path::to_owned);
+        let child = spawn(&args, &env, log.as_deref());
+        let mut agent = AgentProcess { child, socket: socket.to_owned(), args, env, log };
         agent.wait_ready();
         agent
     }
@@ -69,22 +70,16 @@ impl AgentProcess {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
             }
             if let Some(status) = self.child.try_wait().expect("agent status") {
-                panic!(
-                    "agent exited before listening ({status}): vaultlet {}",
-                    self.args.join(" ")
-                );
+                let log = self.log.as_ref().and_then(|l| std::fs::read_to_string(l).ok()).unwrap_or_default();
+                panic!("agent exited before listening ({status}): vaultlet {}\n{log}", self.args.join(" "));
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not listen on {} within 20 s",
-                self.socket.display()
-            );
+            assert!(Instant::now() < deadline, "agent did not listen on {} within 30 s", self.socket.display());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -97,10 +92,7 @@ impl AgentProcess {
             if let Some(status) = self.child.try_wait().expect("agent status") {
                 return status.code();
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent still running {within:?} after SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "agent still running {within:?} after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -113,7 +105,7 @@ impl AgentProcess {
 
     /// Starts the same command again (after `terminate` or `kill`).
     pub fn restart(&mut self) {
-        self.child = spawn(&self.args);
+        self.child = spawn(&self.args, &self.env, self.log.as_deref());
         self.wait_ready();
     }
 
@@ -130,15 +122,19 @@ impl Drop for AgentProcess {
     }
 }
 
-fn spawn(args: &[String]) -> Child {
+fn spawn(args: &[String], env: &[(String, String)], log: Option<&Path>) -> Child {
+    let stderr = match log {
+        Some(path) => {
+            Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(path).expect("agent log file"))
+        }
+        None => Stdio::inherit(),
+    };
     Command::new(vaultlet_bin())
         .args(args)
-        .env(
-            "VAULTLET_LOG",
-            std::env::var("VAULTLET_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .env("VAULTLET_LOG", std::env::var("VAULTLET_LOG").unwrap_or_else(|_| "warn".into()))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("start vaultlet")
 }

@@ -1,3 +1,7 @@
 //! Helpers shared by the end-to-end tests and the benchmark.
 
 pub mod agent;
+pub mod bao;
+pub mod cgroup;
+pub mod kube_api;
+pub mod stack;

@@ -127,6 +127,15 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// A Kubernetes API error as a person reads it (kube's own Display repeats the
+/// whole Status object).
+pub fn kube_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} (HTTP {})", s.message, s.code),
+        other => other.to_string(),
+    }
+}
+
 /// TLS for Vault and Kubernetes uses aws-lc-rs; installed once, before any client.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -61,7 +61,8 @@ struct Tally {
 
 pub async fn run(args: Args) -> CmdResult {
     super::install_crypto_provider();
-    let kube = kube::Client::try_default().await.map_err(|e| format!("Kubernetes client: {e}"))?;
+    let kube =
+        kube::Client::try_default().await.map_err(|e| format!("Kubernetes client: {}", super::kube_error(&e)))?;
     let api: Api<Secret> = match (&args.namespace, args.all_namespaces) {
         (_, true) => Api::all(kube.clone()),
         (Some(ns), false) => Api::namespaced(kube.clone(), ns),
@@ -71,7 +72,7 @@ pub async fn run(args: Args) -> CmdResult {
     let listed = api
         .list(&ListParams::default().labels(convention::MANAGED_SELECTOR))
         .await
-        .map_err(|e| format!("listing managed Secrets: {e}"))?;
+        .map_err(|e| format!("listing managed Secrets: {}", super::kube_error(&e)))?;
 
     let mut tally = Tally::default();
     let mut by_key: BTreeMap<String, Vec<Secret>> = BTreeMap::new();
@@ -201,10 +202,13 @@ async fn recrypt_secret(
         match api.replace(&name, &PostParams::default(), &secret).await {
             Ok(_) => return Ok(stale.len()),
             Err(kube::Error::Api(s)) if s.is_conflict() => {
-                secret = api.get(&name).await.map_err(|e| format!("re-reading after a conflict: {e}"))?;
+                secret = api
+                    .get(&name)
+                    .await
+                    .map_err(|e| format!("re-reading after a conflict: {}", super::kube_error(&e)))?;
             }
             Err(kube::Error::Api(s)) if s.is_not_found() => return Err("deleted while recrypting".into()),
-            Err(e) => return Err(format!("writing it back: {e}")),
+            Err(e) => return Err(format!("writing it back: {}", super::kube_error(&e))),
         }
     }
     Err(format!("it kept changing under us ({WRITE_ATTEMPTS} attempts); rerun"))

@@ -102,7 +102,8 @@ pub async fn run(args: Args) -> CmdResult {
     drop(plaintext);
     let key_version = crate::transit::key_version(&ciphertext).unwrap_or(0);
 
-    let kube = kube::Client::try_default().await.map_err(|e| format!("Kubernetes client: {e}"))?;
+    let kube =
+        kube::Client::try_default().await.map_err(|e| format!("Kubernetes client: {}", super::kube_error(&e)))?;
     let api: Api<Secret> = Api::namespaced(kube, &args.namespace);
     let outcome = write(&api, &args, &data_key, format, &ciphertext).await?;
     println!(
@@ -159,7 +160,8 @@ async fn write(
 ) -> Result<&'static str, String> {
     let what = format!("Secret {}/{}", args.namespace, args.name);
     for _ in 0..WRITE_ATTEMPTS {
-        let existing = api.get_opt(&args.name).await.map_err(|e| format!("reading {what}: {e}"))?;
+        let existing =
+            api.get_opt(&args.name).await.map_err(|e| format!("reading {what}: {}", super::kube_error(&e)))?;
         let (mut secret, outcome) = match existing {
             Some(s) => {
                 check_compatible(&s, &what, args, data_key, format)?;
@@ -193,7 +195,7 @@ async fn write(
             Ok(_) => return Ok(outcome),
             // Someone wrote it meanwhile: read it again and redo the change.
             Err(kube::Error::Api(s)) if s.is_conflict() || s.is_already_exists() => continue,
-            Err(e) => return Err(format!("writing {what}: {e}")),
+            Err(e) => return Err(format!("writing {what}: {}", super::kube_error(&e))),
         }
     }
     Err(format!("writing {what}: it kept changing under us ({WRITE_ATTEMPTS} attempts); try again"))

@@ -120,10 +120,10 @@ fn watch_readiness(source: Arc<KubeSource>, transit: Arc<Transit>) -> ReadinessC
     let probe = transit.clone();
     tokio::spawn(async move {
         loop {
-            if probe.health().is_err() {
-                if let Err(e) = probe.check().await {
-                    tracing::warn!(error = %e, "Vault/OpenBao not reachable; retrying");
-                }
+            if probe.health().is_err()
+                && let Err(e) = probe.check().await
+            {
+                tracing::warn!(error = %e, "Vault/OpenBao not reachable; retrying");
             }
             tokio::time::sleep(VAULT_PROBE_EVERY).await;
         }

@@ -135,7 +135,7 @@ impl Reviewer {
         if status.authenticated != Some(true) {
             return Err(ReviewError::Rejected(status.error.unwrap_or_else(|| "not authenticated".into())));
         }
-        if !status.audiences.unwrap_or_default().iter().any(|a| *a == self.audience) {
+        if !status.audiences.unwrap_or_default().contains(&self.audience) {
             return Err(ReviewError::Rejected(format!("not valid for audience {:?}", self.audience)));
         }
         let user = status.user.unwrap_or_default();

@@ -349,7 +349,7 @@ fn classify(e: vaultrs::error::ClientError) -> ErrorKind {
         }
         E::APIError { code, errors } => ErrorKind::Rejected(format!("HTTP {code}: {}", errors.join("; "))),
         E::RestClientError { source } => match source {
-            rustify::errors::ClientError::ServerResponseError { code, .. } if code == 403 => {
+            rustify::errors::ClientError::ServerResponseError { code: 403, .. } => {
                 ErrorKind::Denied("permission denied".into())
             }
             rustify::errors::ClientError::ServerResponseError { code, .. } if code < 500 => {

@@ -1,0 +1,159 @@
+//! End to end, the seeds' system made real: seal -> get -> recrypt -> RECRYPTED
+//! -> seal new content -> CONTENT_CHANGED -> delete -> DELETED, with only
+//! ciphertext in Kubernetes, a real OpenBao and the Kubernetes API test server.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use secrecy::ExposeSecret;
+use tokio::time::timeout;
+use vaultlet_client::{Client, Code, Event, EventKind, TokenSource, WatchStream};
+use vaultlet_tests::stack::{App, Stack};
+
+async fn client(stack: &Stack, app: &App) -> Client {
+    Client::connect(stack.socket()).await.unwrap().with_token_source(TokenSource::File(app.token_file.clone()))
+}
+
+async fn next(events: &mut WatchStream) -> Event {
+    timeout(Duration::from_secs(15), events.next())
+        .await
+        .expect("an event within 15 s")
+        .expect("stream open")
+        .expect("event")
+}
+
+fn value(e: &Event, field: &str) -> String {
+    e.secret.values[field].expose_secret().to_owned()
+}
+
+fn stored(stack: &Stack, ns: &str, name: &str) -> Secret {
+    stack.kube.get::<Secret>(ns, name).expect("the Secret exists")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seal_get_recrypt_edit_delete() {
+    let stack = Stack::start(&["shop"]).await;
+    let _agent = stack.start_agent(&["--peer-binding", "off"]);
+    let web = stack.app("shop", "web", "web-1");
+
+    stack.seal("shop", "db", "shop", "web", r#"{"user":"shop","password":"first-password"}"#);
+    let secret = stored(&stack, "shop", "db");
+    let data = secret.data.as_ref().unwrap();
+    let ct = std::str::from_utf8(&data["secrets.json"].0).unwrap();
+    assert!(ct.starts_with("vault:v1:"), "only ciphertext in Kubernetes: {ct}");
+    assert!(!ct.contains("first-password"));
+    let labels = secret.metadata.labels.unwrap();
+    assert_eq!(labels["vaultlet.io/managed"], "true");
+    let annotations = secret.metadata.annotations.unwrap();
+    assert_eq!(annotations["vaultlet.io/transit-key"], "shop");
+    assert_eq!(annotations["vaultlet.io/allowed-service-accounts"], "web");
+
+    stack.wait_readable(&web, "db").await;
+    let c = client(&stack, &web).await;
+    let got = c.get_secrets(["db"]).await.unwrap();
+    assert_eq!(got["db"].values["password"].expose_secret(), "first-password");
+    assert_eq!((got["db"].key_version, got["db"].reference.namespace.as_str()), (1, "shop"));
+
+    let mut events = c.watch(["db"]).unwrap();
+    let e = next(&mut events).await;
+    assert_eq!((e.kind, e.secret.key_version), (EventKind::Snapshot, 1));
+
+    // Rotation: same values, key version + 1, pushed to the subscriber.
+    let out = stack.vaultlet(&["recrypt", "--namespace", "shop"], None);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        report.contains("key shop: rotated to v2") && report.contains("shop/db: rewrapped 1 data key(s) to v2"),
+        "{report}"
+    );
+    assert!(report.contains("recrypt: 1 key(s) rotated, 1 secret(s) rewrapped, 0 unchanged, 0 failed"), "{report}");
+    let e = next(&mut events).await;
+    assert_eq!((e.kind, e.secret.key_version), (EventKind::Recrypted, 2));
+    assert_eq!(value(&e, "password"), "first-password");
+    let ct = String::from_utf8(stored(&stack, "shop", "db").data.unwrap()["secrets.json"].0.clone()).unwrap();
+    assert!(ct.starts_with("vault:v2:"), "{ct}");
+
+    // A rerun (as after a crash halfway) rotates again and brings everything up.
+    let out = stack.vaultlet(&["recrypt", "--namespace", "shop", "--dry-run"], None);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("would rotate to v3") && report.contains("would rewrap 1"), "{report}");
+
+    // New content.
+    stack.seal("shop", "db", "shop", "web", r#"{"user":"shop","password":"second-password"}"#);
+    let e = next(&mut events).await;
+    assert_eq!(e.kind, EventKind::ContentChanged);
+    assert_eq!(value(&e, "password"), "second-password");
+
+    // Deleted.
+    stack.kube.delete::<Secret>("shop", "db").unwrap();
+    assert_eq!(next(&mut events).await.kind, EventKind::Deleted);
+    let err = c.get_secrets(["db"]).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "a caller cannot tell a deleted Secret from a forbidden one: {err}");
+
+    // Each change was decrypted once: first read, rotation, new content.
+    assert_eq!(stack.bao.requests_to("transit/decrypt/shop"), 3);
+
+    // Nothing secret in the agent's log, even at debug level.
+    let log = std::fs::read_to_string(stack.agent_log()).unwrap();
+    let token = std::fs::read_to_string(&web.token_file).unwrap();
+    for needle in ["first-password", "second-password", "vault:v", token.trim()] {
+        assert!(!log.contains(needle), "the agent log contains {needle:.12}...");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_concurrent_callers_cost_one_decrypt() {
+    let stack = Stack::start(&["hot"]).await;
+    let _agent = stack.start_agent(&["--peer-binding", "off"]);
+    let web = stack.app("team", "web", "web-1");
+    stack.seal("team", "config", "hot", "web", r#"{"k":"v"}"#);
+    // Wait for the agent to see the Secret, without reading it (that would decrypt).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let c = client(&stack, &web).await;
+    let calls = (0..64).map(|_| {
+        let c = c.clone();
+        async move { c.get_secrets(["config"]).await }
+    });
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.unwrap()["config"].values["k"].expose_secret(), "v");
+    }
+    assert_eq!(stack.bao.requests_to("transit/decrypt/hot"), 1, "64 concurrent first reads, one Transit decrypt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_account_not_listed_is_denied() {
+    let stack = Stack::start(&["shop"]).await;
+    let _agent = stack.start_agent(&["--peer-binding", "off"]);
+    let web = stack.app("shop", "web", "web-1");
+    let worker = stack.app("shop", "worker", "worker-1");
+    stack.seal("shop", "db", "shop", "web", r#"{"password":"p"}"#);
+    stack.wait_readable(&web, "db").await;
+
+    let err = client(&stack, &worker).await.get_secrets(["db"]).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("serviceaccount shop/worker may not read secret shop/db"), "{err}");
+    let err = client(&stack, &worker).await.get_secrets(["missing"]).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "same answer for a Secret that does not exist: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_openbao_setup_script_is_idempotent_and_least_privilege() {
+    let stack = Stack::start(&["shop"]).await;
+    let again = stack.openbao_setup(&["shop", "extra"]);
+    let report = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{report}{}", String::from_utf8_lossy(&again.stderr));
+    assert!(report.contains("key shop: exists") && report.contains("key extra: created"), "{report}");
+
+    // The agent's policy decrypts with its keys and nothing else.
+    let agent = stack.bao.must(&["policy", "read", "vaultlet-agent"]);
+    assert!(agent.contains("transit/decrypt/shop") && agent.contains("transit/decrypt/extra"), "{agent}");
+    assert!(!agent.contains("encrypt/") && !agent.contains("rewrap") && !agent.contains("keys/"), "{agent}");
+    let recrypt = stack.bao.must(&["policy", "read", "vaultlet-recrypt"]);
+    assert!(recrypt.contains("transit/rewrap/shop") && !recrypt.contains("decrypt"), "{recrypt}");
+    let role = stack.bao.must(&["read", "-format=json", "auth/kubernetes/role/vaultlet-agent"]);
+    let role: serde_json::Value = serde_json::from_str(&role).unwrap();
+    assert_eq!(role["data"]["token_ttl"], 30, "short-lived agent tokens");
+    assert_eq!(role["data"]["bound_service_account_names"][0], "vaultlet");
+}
