@@ -55,10 +55,10 @@ impl SecretRef {
         if !is_dns_subdomain(&self.name) {
             return Err(if self.name.is_empty() { RefError::Empty } else { RefError::Name(self.name.clone()) });
         }
-        if let Some(key) = &self.data_key {
-            if !is_data_key(key) {
-                return Err(RefError::DataKey(key.clone()));
-            }
+        if let Some(key) = &self.data_key
+            && !is_data_key(key)
+        {
+            return Err(RefError::DataKey(key.clone()));
         }
         if self.fields.len() > MAX_FIELDS {
             return Err(RefError::TooManyFields(self.fields.len()));
