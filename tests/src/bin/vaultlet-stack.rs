@@ -1,27 +1,77 @@
-//! `vaultlet-stack`: the whole production path on this machine, to try by hand:
-//! the Kubernetes API test server, a real OpenBao configured by
-//! deploy/openbao/setup.sh, `vaultlet serve`, a sealed Secret, a client
-//! watching it, then a key rotation (`vaultlet recrypt`) and an edit, with
-//! every event printed. Then it keeps running, with lines to paste, until Ctrl-C.
+//! `vaultlet-stack`: the whole production path on this machine: the Kubernetes
+//! API test server, a real OpenBao configured by deploy/openbao/setup.sh,
+//! `vaultlet serve`, and a sealed Secret `shop/db` readable by service account
+//! `shop/web`.
+//!
+//! By hand (no flag): a client watches the Secret while the key is rotated
+//! (`vaultlet recrypt`) and the content re-sealed, every event printed; then it
+//! keeps running, with lines to paste, until Ctrl-C.
+//!
+//! For other test suites (`--info-out FILE`): it writes where everything is as
+//! JSON to FILE once the agent serves the Secret, and runs until SIGTERM.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::Parser;
 use futures::StreamExt;
 use secrecy::ExposeSecret;
+use serde_json::json;
 use vaultlet_client::{Client, TokenSource};
-use vaultlet_tests::stack::Stack;
+use vaultlet_tests::bao::ROOT_TOKEN;
+use vaultlet_tests::stack::{App, Stack};
+
+#[derive(Parser)]
+#[command(about = "The full vaultlet stack on this machine (API test server, OpenBao, agent)")]
+struct Args {
+    /// Write the stack's addresses and files as JSON here, then run until SIGTERM.
+    #[arg(long, value_name = "FILE")]
+    info_out: Option<PathBuf>,
+}
 
 #[tokio::main]
 async fn main() {
-    println!("starting the Kubernetes API test server and OpenBao...");
+    let args = Args::parse();
+    if args.info_out.is_none() {
+        println!("starting the Kubernetes API test server and OpenBao...");
+    }
     let stack = Stack::start(&["shop"]).await;
-    // This shell is not a pod, so peer binding would refuse it: warn instead.
+    // The caller is not in a pod here, so peer binding would refuse it: warn instead.
     let _agent = stack.start_agent(&["--peer-binding", "warn"]);
     let web = stack.app("shop", "web", "web-1");
+    let worker = stack.app("shop", "worker", "worker-1");
     stack.seal("shop", "db", "shop", "web", r#"{"user":"shop","password":"first-password"}"#);
-    println!("sealed shop/db (transit key `shop`, readable by serviceaccount shop/web)\n");
     stack.wait_readable(&web, "db").await;
 
+    match args.info_out {
+        Some(path) => serve_for_tests(&stack, &web, &worker, &path).await,
+        None => tour(&stack, &web).await,
+    }
+}
+
+async fn serve_for_tests(stack: &Stack, web: &App, worker: &App, path: &std::path::Path) {
+    let info = json!({
+        "socket": stack.socket(),
+        "kubeconfig": stack.kubeconfig,
+        "vault_addr": stack.bao.addr,
+        "vault_token": ROOT_TOKEN,
+        "namespace": "shop",
+        "secret": "db",
+        "transit_key": "shop",
+        "tokens": { "web": web.token_file, "worker": worker.token_file },
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, info.to_string()).expect("write the info file");
+    std::fs::rename(&tmp, path).expect("publish the info file");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn tour(stack: &Stack, web: &App) {
+    println!("sealed shop/db (transit key `shop`, readable by serviceaccount shop/web)\n");
     let client = Client::connect(stack.socket())
         .await
         .expect("connect")
@@ -57,7 +107,11 @@ async fn main() {
 
     let socket = stack.socket();
     println!("\nThe stack keeps running; in another shell:");
-    println!("  export KUBECONFIG={} VAULT_ADDR={} VAULT_TOKEN=root", stack.kubeconfig.display(), stack.bao.addr);
+    println!(
+        "  export KUBECONFIG={} VAULT_ADDR={} VAULT_TOKEN={ROOT_TOKEN}",
+        stack.kubeconfig.display(),
+        stack.bao.addr
+    );
     println!("  target/debug/vaultlet get --socket {} --token-file {} db", socket.display(), web.token_file.display());
     println!(
         "  target/debug/vaultlet watch --socket {} --token-file {} db",
