@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Configures Vault/OpenBao for vaultlet. Idempotent: run it again after any change.
+# deploy/openbao/README.md explains each setting and the two ways OpenBao reviews
+# login tokens (in the cluster with its own token, outside with TOKEN_REVIEWER_JWT).
 #
 #   VAULT_ADDR=https://openbao.example:8200 VAULT_TOKEN=... \
 #   KUBERNETES_HOST=https://kubernetes.example:6443 KUBERNETES_CA_CERT=ca.crt \

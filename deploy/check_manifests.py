@@ -1,0 +1,480 @@
+"""Consistency checks of the rendered manifests against the code (run by deploy/check).
+
+  check_manifests.py agree DEPLOY.yaml EXAMPLE.yaml...
+      The agent's socket and the clients' defaults, the callers' token audience,
+      the socket's owner and the callers' groups, the image's USER, the config
+      file's keys and the command-line flags all agree with the sources:
+      client-rust, client-python, agent/src and the Dockerfile. Nothing here is
+      written twice: each expected value is read from where the code defines it.
+  check_manifests.py strip-skips SRC_DIR DST_DIR
+      Copies the rendered YAML files without their checkov.io/skip annotations,
+      and other files (Dockerfiles) without their `# checkov:skip=` comments.
+  check_manifests.py skips WITH.json WITHOUT.json
+      checkov's JSON reports (kubernetes, dockerfile) with and without the
+      skips: no check fails, every skip has a reason, and every skip is needed
+      (its check fails without it).
+
+Needs PyYAML (which kubernetes-validate brings) and nothing else.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import posixpath
+import re
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, NoReturn, Optional, Set, Tuple
+
+import yaml  # type: ignore[import-untyped]  # PyYAML, from kubernetes-validate; no stubs installed
+
+ROOT = Path(__file__).resolve().parent.parent
+SKIP_PREFIX = "checkov.io/skip"
+WORKLOADS = {"Pod", "Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "Job", "CronJob"}
+
+Obj = Dict[str, Any]
+
+
+class Failure(Exception):
+    pass
+
+
+def fail(message: str) -> NoReturn:
+    raise Failure(message)
+
+
+# ---------------------------------------------------------------- the sources
+
+
+def rust_const(path: str, name: str) -> str:
+    text = (ROOT / path).read_text()
+    found = re.findall(rf'\bconst {name}: &str = "([^"]*)";', text)
+    if len(found) != 1:
+        fail(f"{path}: expected one `const {name}: &str = \"...\";`, found {len(found)}")
+    return str(found[0])
+
+
+def python_const(package: str, name: str) -> str:
+    """The one module-level string assignment of `name` in the package's sources."""
+    found: List[Tuple[Path, str]] = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+                value = node.value.value
+                if isinstance(value, str) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+                    found.append((path, value))
+    if len(found) != 1:
+        fail(f"{package}: expected one module-level `{name} = \"...\"`, found {len(found)}")
+    return found[0][1]
+
+
+def client_default(rust_file: str, name: str) -> str:
+    """A client default, the same in the Rust and the Python client."""
+    rust = rust_const(rust_file, name)
+    python = python_const("client-python/src/vaultlet", name)
+    if rust != python:
+        fail(f"the clients disagree on {name}: {rust!r} ({rust_file}) and {python!r} (client-python)")
+    return rust
+
+
+def rust_struct(name: str) -> str:
+    """The body of `struct NAME { ... }` somewhere under agent/src."""
+    bodies = []
+    for path in sorted((ROOT / "agent/src").rglob("*.rs")):
+        m = re.search(rf"\bstruct {name} \{{\n(.*?)\n\}}", path.read_text(), re.S)
+        if m:
+            bodies.append(m.group(1))
+    if len(bodies) != 1:
+        fail(f"agent/src: expected one `struct {name}`, found {len(bodies)}")
+    return bodies[0]
+
+
+def struct_fields(body: str) -> Iterator[Tuple[str, str, List[str]]]:
+    """(field, type, attributes) of each field of a struct body."""
+    attrs: List[str] = []
+    for line in body.splitlines():
+        line = line.strip()
+        if line.startswith("#["):
+            attrs.append(line)
+        elif re.match(r"(pub\s+)?\w+:", line):
+            m = re.match(r"(?:pub\s+)?(\w+):\s*(.+?),?$", line)
+            assert m is not None
+            yield m.group(1), m.group(2), attrs
+            attrs = []
+        elif line and not line.startswith("//"):
+            attrs = []
+
+
+def flags_of(body: str) -> Set[str]:
+    """The long flags clap derives for a struct body, following `#[command(flatten)]`."""
+    flags: Set[str] = set()
+    for field, typ, attrs in struct_fields(body):
+        if any("flatten" in a for a in attrs):
+            flags |= flags_of(rust_struct(typ))
+            continue
+        longs = [a for a in attrs if re.match(r"#\[arg\(.*\blong\b", a)]
+        if not longs:
+            continue  # a positional argument or the subcommand
+        explicit = re.search(r'\blong\s*=\s*"([^"]+)"', longs[0])
+        flags.add(explicit.group(1) if explicit else field.replace("_", "-"))
+    return flags
+
+
+def subcommand_flags(command: str) -> Set[str]:
+    """Flags of `vaultlet COMMAND`: its `Args` (agent/src/cli/COMMAND.rs) and the global ones."""
+    path = ROOT / "agent/src/cli" / f"{command}.rs"
+    if not path.exists():
+        fail(f"vaultlet has no subcommand {command!r} (no {path.relative_to(ROOT)})")
+    m = re.search(r"\bstruct Args \{\n(.*?)\n\}", path.read_text(), re.S)
+    if not m:
+        fail(f"{path.relative_to(ROOT)}: no `struct Args`")
+    return flags_of(m.group(1)) | flags_of(rust_struct("Cli")) | {"help"}
+
+
+def serve_file_keys() -> Set[str]:
+    """Keys the `serve` config file accepts: ServeArgs fields not skipped by serde."""
+    return {
+        field.replace("_", "-")
+        for field, _, attrs in struct_fields(rust_struct("ServeArgs"))
+        if not any("serde(skip)" in a for a in attrs)
+    }
+
+
+def dockerfile_user() -> str:
+    users = re.findall(r"^USER\s+(\S+)\s*$", (ROOT / "Dockerfile").read_text(), re.M)
+    if not users:
+        fail("Dockerfile: no USER")
+    return str(users[-1])
+
+
+# ------------------------------------------------------------ the manifests
+
+
+def load(path: str) -> List[Obj]:
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def name(obj: Obj) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def pod_spec(obj: Obj) -> Obj:
+    spec: Obj = obj["spec"]
+    if obj["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec if obj["kind"] == "Pod" else spec["template"]["spec"]
+
+
+def is_vaultlet_image(image: str) -> bool:
+    return re.split(r"[:@]", image.rsplit("/", 1)[-1])[0] == "vaultlet"
+
+
+def option(args: List[str], flag: str) -> Optional[str]:
+    """The value of `--flag VALUE` or `--flag=VALUE` (the last one wins, as in clap)."""
+    value = None
+    for i, a in enumerate(args):
+        if a == f"--{flag}" and i + 1 < len(args):
+            value = args[i + 1]
+        elif a.startswith(f"--{flag}="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def env_value(container: Obj, var: str) -> Optional[str]:
+    for e in container.get("env") or []:
+        if e["name"] == var:
+            if "value" not in e:
+                fail(f"container {container['name']}: {var} comes from valueFrom, which this check cannot follow")
+            return str(e["value"])
+    return None
+
+
+def mount_for(spec: Obj, container: Obj, path: str) -> Tuple[Obj, Obj, str]:
+    """The volume mounted over `path` in `container`: (mount, volume, path inside the volume)."""
+    best: Optional[Obj] = None
+    for m in container.get("volumeMounts") or []:
+        mp = m["mountPath"].rstrip("/")
+        if path == mp or path.startswith(mp + "/"):
+            if best is None or len(mp) > len(best["mountPath"].rstrip("/")):
+                best = m
+    if best is None:
+        fail(f"container {container['name']}: nothing is mounted over {path}")
+    assert best is not None
+    volume = next((v for v in spec.get("volumes") or [] if v["name"] == best["name"]), None)
+    if volume is None:
+        fail(f"container {container['name']}: volume {best['name']} is mounted but not declared")
+    assert volume is not None
+    inside = posixpath.relpath(path, best["mountPath"])
+    if best.get("subPath"):
+        inside = posixpath.join(best["subPath"], inside)
+    return best, volume, posixpath.normpath(inside)
+
+
+def host_path(spec: Obj, container: Obj, path: str) -> str:
+    """Where `path` in `container` is on the node; it must be on a hostPath volume."""
+    _, volume, inside = mount_for(spec, container, path)
+    if "hostPath" not in volume:
+        fail(f"container {container['name']}: {path} is on volume {volume['name']}, not on a hostPath volume")
+    return posixpath.normpath(posixpath.join(volume["hostPath"]["path"], inside))
+
+
+def security(spec: Obj, container: Obj, field: str) -> Any:
+    """A securityContext field as the container runs with it (container over pod)."""
+    c = (container.get("securityContext") or {}).get(field)
+    return c if c is not None else (spec.get("securityContext") or {}).get(field)
+
+
+def config_file(objs: List[Obj], spec: Obj, container: Obj, path: str) -> Obj:
+    """The YAML document at `path` in `container`, from the ConfigMap mounted there."""
+    _, volume, inside = mount_for(spec, container, path)
+    if "configMap" not in volume:
+        fail(f"--config {path} is not on a ConfigMap volume")
+    cm_name = volume["configMap"]["name"]
+    cm = next((o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm_name), None)
+    if cm is None or inside not in (cm.get("data") or {}):
+        fail(f"--config {path}: ConfigMap {cm_name} has no key {inside}")
+    assert cm is not None
+    return yaml.safe_load(cm["data"][inside]) or {}
+
+
+class Agent:
+    """The agent as the rendered DaemonSet runs it."""
+
+    def __init__(self, objs: List[Obj]) -> None:
+        daemonsets = [o for o in objs if o["kind"] == "DaemonSet"]
+        if len(daemonsets) != 1:
+            fail(f"expected one DaemonSet in the rendered deploy/, found {len(daemonsets)}")
+        self.ds = daemonsets[0]
+        self.spec = pod_spec(self.ds)
+        agents = [c for c in self.spec["containers"] if is_vaultlet_image(c["image"])]
+        if len(agents) != 1 or (agents[0].get("args") or [None])[0] != "serve":
+            fail(f"{name(self.ds)}: expected one vaultlet container running `serve`")
+        self.container = agents[0]
+        self.args: List[str] = self.container["args"]
+        config_path = option(self.args, "config") or env_value(self.container, "VAULTLET_CONFIG")
+        self.file = config_file(objs, self.spec, self.container, config_path) if config_path else {}
+        unknown = set(self.file) - serve_file_keys()
+        if unknown:
+            fail(f"the agent's config file has keys `vaultlet serve` does not know: {sorted(unknown)}")
+
+    def setting(self, flag: str, env: str, default: str) -> str:
+        """Flag, then environment, then config file, then default: the agent's precedence."""
+        for value in (option(self.args, flag), env_value(self.container, env), self.file.get(flag)):
+            if value is not None:
+                return str(value)
+        return default
+
+
+def check_agent(agent: Agent, socket: str) -> str:
+    """The agent serves where the clients look; returns the socket's path on the node."""
+    served = agent.setting("socket", "VAULTLET_SOCKET", socket)
+    if served != socket:
+        fail(f"the DaemonSet serves on {served}, the clients look for {socket}")
+    mount, volume, _ = mount_for(agent.spec, agent.container, posixpath.dirname(served))
+    if volume.get("hostPath", {}).get("type") != "DirectoryOrCreate":
+        fail(f"the agent's socket directory must be a hostPath volume of type DirectoryOrCreate ({volume['name']})")
+    if mount.get("readOnly"):
+        fail("the agent's socket directory is mounted read-only: it cannot create its socket")
+    print(f"ok: the DaemonSet serves --socket {served}, the clients' default")
+    return host_path(agent.spec, agent.container, served)
+
+
+def check_ownership(agent: Agent) -> Tuple[int, int]:
+    """The init container hands the socket directory to the agent's user and group,
+    which are the image's USER. Returns (uid, gid)."""
+    uid, gid = security(agent.spec, agent.container, "runAsUser"), security(agent.spec, agent.container, "runAsGroup")
+    if not isinstance(uid, int) or not isinstance(gid, int) or uid == 0:
+        fail("the agent must run with a numeric non-root runAsUser and a runAsGroup")
+    if dockerfile_user() != f"{uid}:{gid}":
+        fail(f"Dockerfile USER {dockerfile_user()} differs from the DaemonSet's {uid}:{gid}")
+    print(f"ok: the agent runs as {uid}:{gid}, the Dockerfile's USER")
+    served = agent.setting("socket", "VAULTLET_SOCKET", "")
+    socket_volume = mount_for(agent.spec, agent.container, posixpath.dirname(served))[1]["name"]
+    preparers = [
+        c for c in agent.spec.get("initContainers") or []
+        if any(m["name"] == socket_volume for m in c.get("volumeMounts") or [])
+    ]
+    if len(preparers) != 1:
+        fail(f"expected one init container preparing volume {socket_volume}, found {len(preparers)}")
+    script = " ".join((preparers[0].get("command") or []) + (preparers[0].get("args") or []))
+    chown = re.search(r"\bchown\s+(\d+):(\d+)\b", script)
+    chmod = re.search(r"\bchmod\s+([0-7]{3,4})\b", script)
+    if not chown or (int(chown.group(1)), int(chown.group(2))) != (uid, gid):
+        fail(f"init container {preparers[0]['name']} must `chown {uid}:{gid}` the socket directory: {script!r}")
+    if not chmod:
+        fail(f"init container {preparers[0]['name']} must chmod the socket directory: {script!r}")
+    mode = int(chmod.group(1), 8)
+    if mode & 0o002:
+        fail(f"the socket directory would be world-writable (mode {chmod.group(1)}): the agent refuses it")
+    if not mode & 0o010:
+        fail(f"the socket directory's group cannot enter it (mode {chmod.group(1)}): callers cannot reach the socket")
+    print(f"ok: init container {preparers[0]['name']} gives the socket directory to {uid}:{gid}, mode {chmod.group(1)}")
+    return uid, gid
+
+
+def check_caller(
+    obj: Obj, container: Obj, socket: str, host_socket: str, token_file: str, audience: str,
+    owner: Tuple[int, int], overrides: List[str],
+) -> None:
+    """A client container finds the socket and the token where the clients look by default."""
+    try:
+        find_agent(obj, container, socket, host_socket, token_file, audience, owner, overrides)
+    except Failure as e:
+        fail(str(e) if str(e).startswith(name(obj)) else f"{name(obj)}: {e}")
+
+
+def find_agent(
+    obj: Obj, container: Obj, socket: str, host_socket: str, token_file: str, audience: str,
+    owner: Tuple[int, int], overrides: List[str],
+) -> None:
+    spec, who = pod_spec(obj), f"{name(obj)} container {container['name']}"
+    for var in overrides:
+        if env_value(container, var) is not None:
+            fail(f"{who} sets {var}: the example must work with the clients' defaults")
+    if container.get("envFrom"):
+        fail(f"{who}: envFrom could set {' or '.join(overrides)}; the example must use the clients' defaults")
+    seen = host_path(spec, container, socket)
+    if seen != host_socket:
+        fail(f"{who}: {socket} is {seen} on the node, the agent's socket is {host_socket}")
+    _, volume, inside = mount_for(spec, container, token_file)
+    sources = (volume.get("projected") or {}).get("sources") or []
+    tokens = [s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s]
+    token = next((t for t in tokens if posixpath.normpath(t["path"]) == inside), None)
+    if token is None:
+        fail(f"{who}: {token_file} is not a projected ServiceAccount token")
+    assert token is not None
+    if token.get("audience") != audience:
+        fail(f"{who}: the token's audience is {token.get('audience')!r}, the agent accepts {audience!r}")
+    uid, gid = owner
+    run_uid = security(spec, container, "runAsUser")
+    groups = {security(spec, container, "runAsGroup"), (spec.get("securityContext") or {}).get("fsGroup")}
+    groups |= set((spec.get("securityContext") or {}).get("supplementalGroups") or [])
+    if run_uid != uid and gid not in groups:
+        fail(f"{who}: runs as {run_uid} without group {gid}: the socket (0660 {uid}:{gid}) is closed to it")
+    print(f"ok: {who} reaches {socket} ({seen} on the node, group {gid}) "
+          f"and presents {token_file} (audience {audience})")
+
+
+def check_flags(objs: List[Obj]) -> None:
+    for obj in objs:
+        if obj["kind"] not in WORKLOADS:
+            continue
+        spec = pod_spec(obj)
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            if not is_vaultlet_image(c["image"]):
+                continue
+            if c.get("command"):
+                fail(f"{name(obj)} container {c['name']}: use args, not command (the image's entrypoint is vaultlet)")
+            args = c.get("args") or []
+            if not args:
+                fail(f"{name(obj)} container {c['name']}: no subcommand")
+            known = subcommand_flags(args[0])
+            used = {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
+            if used - known:
+                fail(f"{name(obj)}: `vaultlet {args[0]}` has no flag {', '.join('--' + f for f in sorted(used - known))}")
+            print(f"ok: {name(obj)} runs `vaultlet {args[0]}` with known flags only ({len(used)})")
+
+
+def agree(deploy_file: str, example_files: List[str]) -> None:
+    socket = client_default("client-rust/src/client.rs", "DEFAULT_SOCKET")
+    token_file = client_default("client-rust/src/token.rs", "DEFAULT_TOKEN_FILE")
+    overrides = [
+        client_default("client-rust/src/client.rs", "SOCKET_ENV"),
+        client_default("client-rust/src/token.rs", "TOKEN_FILE_ENV"),
+    ]
+    print(f"the clients' defaults: socket {socket}, token {token_file} (overridden by {', '.join(overrides)})")
+    objs = load(deploy_file)
+    agent = Agent(objs)
+    print("ok: the agent's config file has only keys `vaultlet serve` knows")
+    audience = agent.setting("audience", "VAULTLET_AUDIENCE", rust_const("agent/src/config.rs", "DEFAULT_AUDIENCE"))
+    host_socket = check_agent(agent, socket)
+    owner = check_ownership(agent)
+    check_flags(objs)
+    callers = 0
+    for path in example_files:
+        examples = load(path)
+        check_flags(examples)
+        for obj in examples:
+            if obj["kind"] not in WORKLOADS:
+                continue
+            for c in pod_spec(obj)["containers"]:
+                check_caller(obj, c, socket, host_socket, token_file, audience, owner, overrides)
+                callers += 1
+    if not callers:
+        fail("no example workload found")
+
+
+# ------------------------------------------------------------------ checkov
+
+
+def strip_skips(src: str, dst: str) -> None:
+    """Copies the rendered manifests and the Dockerfiles without their skips."""
+    for path in sorted(Path(src).rglob("*")):
+        target = Path(dst) / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.suffix == ".yaml":
+            docs = load(str(path))
+            for d in docs:
+                annotations = d.get("metadata", {}).get("annotations") or {}
+                for key in [k for k in annotations if k.startswith(SKIP_PREFIX)]:
+                    del annotations[key]
+            target.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        else:
+            lines = path.read_text().splitlines(keepends=True)
+            target.write_text("".join(l for l in lines if not re.match(r"#\s*checkov:skip=", l)))
+
+
+def reports(path: str) -> Dict[str, Obj]:
+    """checkov's JSON output by framework (one report is not wrapped in a list)."""
+    data = json.loads(Path(path).read_text())
+    return {r["check_type"]: r for r in (data if isinstance(data, list) else [data])}
+
+
+def skips(with_path: str, without_path: str) -> None:
+    with_skips, without_skips = reports(with_path), reports(without_path)
+    if set(with_skips) != {"kubernetes", "dockerfile"}:
+        fail(f"{with_path}: expected checkov's kubernetes and dockerfile reports, got {sorted(with_skips)}")
+    problems: List[str] = []
+    for framework, rep in sorted(with_skips.items()):
+        summary, results = rep["summary"], rep["results"]
+        print(f"checkov {summary['checkov_version']} {framework}: passed {summary['passed']}, "
+              f"failed {summary['failed']}, skipped {summary['skipped']}, "
+              f"parsing errors {summary['parsing_errors']}, resources {summary['resource_count']}")
+        problems += [f"FAILED {r['check_id']} {r['resource']}: {r['check_name']}" for r in results["failed_checks"]]
+        problems += [f"cannot parse {e}" for e in results.get("parsing_errors", [])]
+        without = without_skips.get(framework, {"results": {"failed_checks": []}})
+        needed = {(r["check_id"], r["resource"]) for r in without["results"]["failed_checks"]}
+        for r in results["skipped_checks"]:
+            reason = (r["check_result"].get("suppress_comment") or "").strip()
+            if len(reason) < 10:
+                problems.append(f"skip of {r['check_id']} on {r['resource']} has no reason")
+            if (r["check_id"], r["resource"]) not in needed:
+                problems.append(f"skip of {r['check_id']} on {r['resource']} is not needed: it passes without it")
+    if problems:
+        fail("checkov:\n  " + "\n  ".join(problems))
+    total = sum(r["summary"]["skipped"] for r in with_skips.values())
+    print(f"ok: no failed check; each of the {total} skips has a reason and is needed")
+
+
+def main(argv: List[str]) -> int:
+    try:
+        if len(argv) >= 3 and argv[1] == "agree":
+            agree(argv[2], argv[3:])
+        elif len(argv) == 4 and argv[1] == "strip-skips":
+            strip_skips(argv[2], argv[3])
+        elif len(argv) == 4 and argv[1] == "skips":
+            skips(argv[2], argv[3])
+        else:
+            print(__doc__, file=sys.stderr)
+            return 2
+    except Failure as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
