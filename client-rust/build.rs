@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(std::env::var_os("CARGO_FEATURE_SERVER").is_some())
         .build_client(true)
+        .codec_path("crate::codec::SmallBufferCodec")
         .file_descriptor_set_path(out_dir.join("vaultlet_v1_descriptor.bin"))
         .compile_protos(&[proto], &[proto_root])?;
     Ok(())

@@ -167,7 +167,7 @@ mod tests {
     }
 
     fn caller(ns: &str, sa: &str) -> Caller {
-        Caller { namespace: ns.into(), service_account: Some(sa.into()), pod: None }
+        Caller::new(ns.into(), Some(sa.into()), None)
     }
 
     fn policy(grants: &[(&[&str], &[&str])]) -> Policy {

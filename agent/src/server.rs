@@ -24,6 +24,8 @@ use crate::hub::{self, HubEvent, Watched};
 use crate::identity::peer::{Peer, PeerStream};
 use crate::identity::review::ReviewError;
 use crate::identity::{AuthError, Authenticator, Caller};
+use prometheus_client::metrics::counter::Counter;
+
 use crate::metrics::{CallLabels, DecisionLabels, Metrics};
 use crate::policy::{Denied, Policy};
 use crate::secret::{ProjectionError, SecretId, SecretVersion};
@@ -84,6 +86,7 @@ pub struct SecretsService {
     auth: Authenticator,
     policy: Policy,
     metrics: Arc<Metrics>,
+    counters: Counters,
     audit: Option<AuditLog>,
     shutdown: CancellationToken,
 }
@@ -92,6 +95,47 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<proto::SecretEvent, Status>>
 
 /// Longest reference text kept in an audit record.
 const AUDIT_REF_CHARS: usize = 300;
+
+const DECISIONS: [&str; 5] = ["allowed", "denied", "unauthenticated", "unavailable", "invalid"];
+const METHODS: [&str; 2] = ["GetSecrets", "WatchSecrets"];
+
+/// The counters of every decision and every (method, status code), resolved
+/// once so that a call does not look labels up.
+struct Counters {
+    decisions: Vec<Counter>,
+    calls: Vec<Vec<Counter>>,
+}
+
+impl Counters {
+    fn new(metrics: &Metrics) -> Counters {
+        let decisions = DECISIONS
+            .iter()
+            .map(|&decision| metrics.decisions.get_or_create_owned(&DecisionLabels { decision }))
+            .collect();
+        let calls = METHODS
+            .iter()
+            .map(|&method| {
+                (0..=16)
+                    .map(|c| {
+                        let code = code_name(tonic::Code::from(c));
+                        metrics.calls.get_or_create_owned(&CallLabels { method, code })
+                    })
+                    .collect()
+            })
+            .collect();
+        Counters { decisions, calls }
+    }
+
+    fn decision(&self, decision: &str) {
+        if let Some(i) = DECISIONS.iter().position(|d| *d == decision) {
+            self.decisions[i].inc();
+        }
+    }
+
+    fn call(&self, method: usize, code: tonic::Code) {
+        self.calls[method][code as usize].inc();
+    }
+}
 
 impl SecretsService {
     pub fn new(
@@ -102,12 +146,12 @@ impl SecretsService {
         audit: Option<AuditLog>,
         shutdown: CancellationToken,
     ) -> Self {
-        SecretsService { cache, auth, policy, metrics, audit, shutdown }
+        let counters = Counters::new(&metrics);
+        SecretsService { cache, auth, policy, metrics, counters, audit, shutdown }
     }
 
-    fn count<T>(&self, method: &'static str, result: &Result<T, Status>) {
-        let code = code_name(result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok));
-        self.metrics.calls.get_or_create(&CallLabels { method, code }).inc();
+    fn count<T>(&self, method: usize, result: &Result<T, Status>) {
+        self.counters.call(method, result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok));
     }
 
     /// Authenticates the caller, validates the references and checks policy for
@@ -117,7 +161,7 @@ impl SecretsService {
         method: &'static str,
         request: &Request<T>,
         refs: Vec<Option<proto::SecretRef>>,
-    ) -> Result<(Caller, Vec<(SecretId, SecretRef)>), ServiceError> {
+    ) -> Result<(Arc<Caller>, Vec<(SecretId, SecretRef)>), ServiceError> {
         let peer = request.extensions().get::<Peer>();
         let mut record = audit::Record {
             method,
@@ -141,7 +185,7 @@ impl SecretsService {
             tracing::info!(method, decision = record.decision, caller = record.caller.as_deref(), pid = record.peer_pid, %reason, "refused");
             record.reason = Some(reason);
         }
-        self.metrics.decisions.get_or_create(&DecisionLabels { decision: record.decision }).inc();
+        self.counters.decision(record.decision);
         if let Some(log) = &self.audit {
             log.record(record).await;
         }
@@ -153,38 +197,31 @@ impl SecretsService {
         request: &Request<T>,
         refs: Vec<Option<proto::SecretRef>>,
         record: &mut audit::Record,
-    ) -> Result<(Caller, Vec<(SecretId, SecretRef)>), ServiceError> {
+    ) -> Result<(Arc<Caller>, Vec<(SecretId, SecretRef)>), ServiceError> {
         let caller = self.auth.authenticate(request).await?;
-        if let Some(sa) = &caller.service_account {
-            record.caller = Some(format!("{}/{sa}", caller.namespace));
-        }
-        if let Some(pod) = &caller.pod {
-            record.pod = pod.pod_name.as_ref().map(|n| format!("{}/{n}", pod.namespace));
-            record.pod_uid = Some(pod.pod_uid.clone());
-        }
+        record.caller = caller.audit_name.clone();
+        record.pod = caller.audit_pod.clone();
+        record.pod_uid = caller.audit_pod_uid.clone();
         Self::check_count(refs.len())?;
-        record.secrets = refs
-            .iter()
-            .map(|r| {
-                let r = SecretRef::from(r.clone().unwrap_or_default()).in_namespace(&caller.namespace);
-                r.to_string().chars().take(AUDIT_REF_CHARS).collect()
-            })
-            .collect();
-        let resolved =
-            refs.into_iter().enumerate().map(|(i, r)| self.resolve(&caller, i, r)).collect::<Result<Vec<_>, _>>()?;
-        Ok((caller, resolved))
+        let mut resolved = Vec::with_capacity(refs.len());
+        let mut failure = None;
+        for (i, r) in refs.into_iter().enumerate() {
+            let r = SecretRef::from(r.unwrap_or_default()).in_namespace(&caller.namespace);
+            record.secrets.push(r.to_string().chars().take(AUDIT_REF_CHARS).collect());
+            match self.resolve(&caller, i, r) {
+                Ok(ok) => resolved.push(ok),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok((caller, resolved)),
+        }
     }
 
-    /// Validates one reference, fills in the caller's namespace, checks policy.
-    fn resolve(
-        &self,
-        caller: &Caller,
-        index: usize,
-        r: Option<proto::SecretRef>,
-    ) -> Result<(SecretId, SecretRef), ServiceError> {
-        let r = SecretRef::from(r.unwrap_or_default());
+    /// Validates one reference (its namespace filled in) and checks policy.
+    fn resolve(&self, caller: &Caller, index: usize, r: SecretRef) -> Result<(SecretId, SecretRef), ServiceError> {
         r.validate().map_err(|error| ServiceError::InvalidRef { index, error })?;
-        let r = r.in_namespace(&caller.namespace);
         let id = SecretId::new(&r.namespace, &r.name);
         self.policy.check(caller, &id).map_err(|denied| ServiceError::Denied { reference: r.to_string(), denied })?;
         Ok((id, r))
@@ -260,7 +297,7 @@ impl Secrets for SecretsService {
         request: Request<proto::GetSecretsRequest>,
     ) -> Result<Response<proto::GetSecretsResponse>, Status> {
         let result = self.get(request).await.map_err(Status::from);
-        self.count("GetSecrets", &result);
+        self.count(0, &result);
         result
     }
 
@@ -271,7 +308,7 @@ impl Secrets for SecretsService {
         request: Request<proto::WatchSecretsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let result = self.watch(request).await.map_err(Status::from);
-        self.count("WatchSecrets", &result);
+        self.count(1, &result);
         result
     }
 }

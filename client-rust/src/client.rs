@@ -2,16 +2,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use secrecy::ExposeSecret;
 use tokio::net::UnixStream;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
 use crate::proto::secrets_client::SecretsClient;
+use crate::token::Bearer;
 use crate::{Error, Secret, SecretRef, TokenSource, WatchStream, proto};
 
 pub const SOCKET_ENV: &str = "VAULTLET_SOCKET";
@@ -20,9 +20,10 @@ pub const DEFAULT_SOCKET: &str = "/run/vaultlet/vaultlet.sock";
 /// A connection to the agent. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Client {
+    channel: Channel,
     rpc: SecretsClient<Channel>,
     socket: PathBuf,
-    token: TokenSource,
+    bearer: Arc<Bearer>,
     timeout: Option<Duration>,
 }
 
@@ -51,12 +52,18 @@ impl Client {
             }))
             .await
             .map_err(|source| Error::Connect { socket: socket.display().to_string(), source })?;
-        Ok(Client { rpc: SecretsClient::new(channel), socket, token: TokenSource::from_env(), timeout: None })
+        Ok(Client {
+            rpc: SecretsClient::new(channel.clone()),
+            channel,
+            socket,
+            bearer: Arc::new(Bearer::new(TokenSource::from_env())),
+            timeout: None,
+        })
     }
 
     /// Where the token comes from (default: `TokenSource::from_env()`).
     pub fn with_token_source(mut self, token: TokenSource) -> Self {
-        self.token = token;
+        self.bearer = Arc::new(Bearer::new(token));
         self
     }
 
@@ -68,6 +75,11 @@ impl Client {
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The connection to the agent, for its other services (`grpc.health.v1`, reflection).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// Reads several secrets in one round trip, keyed by each reference as given
@@ -124,16 +136,10 @@ impl Client {
         Ok(self.rpc.clone().watch_secrets(req).await?.into_inner())
     }
 
-    /// Wraps a message with the caller's token, read afresh.
+    /// Wraps a message with the caller's current token.
     fn request<T>(&self, msg: T) -> Result<tonic::Request<T>, Error> {
         let mut req = tonic::Request::new(msg);
-        if let Some(token) = self.token.read()? {
-            let mut value =
-                MetadataValue::try_from(format!("Bearer {}", token.expose_secret())).map_err(|_| Error::Status {
-                    code: tonic::Code::Unauthenticated,
-                    message: "the token file holds characters a token cannot contain".into(),
-                })?;
-            value.set_sensitive(true);
+        if let Some(value) = self.bearer.header()? {
             req.metadata_mut().insert("authorization", value);
         }
         Ok(req)

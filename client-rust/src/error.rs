@@ -12,7 +12,7 @@ pub enum Error {
     Status { code: Code, message: String },
     /// The agent's socket could not be reached.
     #[error(
-        "UNAVAILABLE: cannot reach the vaultlet agent at {socket}: {source} (is the agent running, and is its socket mounted?)"
+        "UNAVAILABLE: cannot reach the vaultlet agent at {socket}: {}", connect_hint(.source)
     )]
     Connect {
         socket: String,
@@ -49,6 +49,30 @@ impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Self {
         Error::Status { code: s.code(), message: s.message().to_owned() }
     }
+}
+
+/// What a failed connect means, from the OS error underneath.
+fn connect_hint(e: &tonic::transport::Error) -> String {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "no socket there: is the agent running on this node, and its directory mounted?".into()
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    "permission denied: the socket is for the agent's group; run the pod with it (supplementalGroups)"
+                        .into()
+                }
+                std::io::ErrorKind::ConnectionRefused => {
+                    "nothing listens on it: the agent is stopped or restarting".into()
+                }
+                _ => io.to_string(),
+            };
+        }
+        source = s.source();
+    }
+    format!("{e} (is the agent running, and is its socket mounted?)")
 }
 
 /// The canonical upper-case name of a status code (`NOT_FOUND`), as gRPC tools print it.

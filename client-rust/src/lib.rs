@@ -19,6 +19,8 @@ pub mod proto {
 }
 
 mod client;
+#[doc(hidden)]
+pub mod codec;
 mod error;
 pub mod reference;
 mod secret;

@@ -102,10 +102,19 @@ impl Bao {
 
     /// How many requests to `path` (e.g. `transit/decrypt/app`) OpenBao served.
     pub fn requests_to(&self, path: &str) -> usize {
+        self.count_requests(|p| p == path)
+    }
+
+    /// How many requests to paths starting with `prefix` OpenBao served.
+    pub fn requests_under(&self, prefix: &str) -> usize {
+        self.count_requests(|p| p.starts_with(prefix))
+    }
+
+    fn count_requests(&self, wanted: impl Fn(&str) -> bool) -> usize {
         let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["type"] == "request" && v["request"]["path"] == path)
+            .filter(|v| v["type"] == "request" && v["request"]["path"].as_str().is_some_and(&wanted))
             .count()
     }
 

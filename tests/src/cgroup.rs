@@ -7,6 +7,8 @@ use std::process::Command;
 
 pub struct PodCgroup {
     dir: PathBuf,
+    root: PathBuf,
+    holds_this_process: bool,
 }
 
 impl PodCgroup {
@@ -23,7 +25,15 @@ impl PodCgroup {
         let dir = root.join("kubepods/besteffort").join(format!("pod{pod_uid}")).join(container);
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("cannot create cgroup {} (the end-to-end tests need root): {e}", dir.display()));
-        PodCgroup { dir }
+        PodCgroup { dir, root, holds_this_process: false }
+    }
+
+    /// Moves this very process into the cgroup (the benchmark acts as a pod);
+    /// it moves back when the cgroup is dropped.
+    pub fn enter(&mut self) {
+        std::fs::write(self.dir.join("cgroup.procs"), std::process::id().to_string())
+            .unwrap_or_else(|e| panic!("cannot enter cgroup {}: {e}", self.dir.display()));
+        self.holds_this_process = true;
     }
 
     /// `program args...`, started inside this cgroup.
@@ -41,6 +51,9 @@ impl PodCgroup {
 
 impl Drop for PodCgroup {
     fn drop(&mut self) {
+        if self.holds_this_process {
+            let _ = std::fs::write(self.root.join("cgroup.procs"), std::process::id().to_string());
+        }
         // Empty once its processes have exited; the parents stay for other tests.
         for _ in 0..50 {
             if std::fs::remove_dir(&self.dir).is_ok() {

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bao;
+pub mod bench;
 pub mod cgroup;
 pub mod kube_api;
 pub mod stack;

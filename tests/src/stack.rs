@@ -134,11 +134,17 @@ impl Stack {
         self.dir.path().join("agent.log")
     }
 
-    /// Starts `vaultlet serve` and waits until its socket accepts connections.
+    /// Starts `vaultlet serve` (logging at debug level) and waits until its
+    /// socket accepts connections.
     pub fn start_agent(&self, extra: &[&str]) -> AgentProcess {
+        self.start_agent_logging(extra, "debug")
+    }
+
+    /// `start_agent` with the log level `level` (the benchmark logs little).
+    pub fn start_agent_logging(&self, extra: &[&str], level: &str) -> AgentProcess {
         let args = self.serve_args(extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let env = [("KUBECONFIG", self.kubeconfig.to_str().unwrap()), ("VAULTLET_LOG", "debug")];
+        let env = [("KUBECONFIG", self.kubeconfig.to_str().unwrap()), ("VAULTLET_LOG", level)];
         AgentProcess::launch(&args, &env, Some(&self.agent_log()), &self.socket())
     }
 

@@ -36,7 +36,7 @@ pub async fn run(args: Args) -> CmdResult {
     tokio::spawn(cache.clone().run_refresh(changes_rx));
 
     let listener = server::bind(&args.socket).await?;
-    let open = Authenticator::Open { namespace: DEFAULT_NAMESPACE.into() };
+    let open = Authenticator::open(DEFAULT_NAMESPACE);
     let service = SecretsService::new(cache, open, Policy::AllowAll, Default::default(), None, shutdown.clone());
     print_banner(&source, &args.socket);
     server::serve(listener, &args.socket, "/proc".into(), service, shutdown).await?;

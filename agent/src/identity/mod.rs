@@ -8,8 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use secrecy::{ExposeSecret, SecretString};
-
 pub mod cgroup;
 pub mod peer;
 pub mod pods;
@@ -21,8 +19,9 @@ use pods::NodePods;
 use review::{ReviewError, Reviewed, Reviewer};
 use token::TokenError;
 
-/// The authenticated caller of one request.
-#[derive(Clone, Debug)]
+/// The authenticated caller of a request (shared by the calls of a connection
+/// that present the same token).
+#[derive(Debug)]
 pub struct Caller {
     /// References without a namespace resolve here.
     pub namespace: String,
@@ -30,6 +29,20 @@ pub struct Caller {
     pub service_account: Option<String>,
     /// The pod the token is bound to (production).
     pub pod: Option<Arc<Reviewed>>,
+    /// `NAMESPACE/SERVICEACCOUNT`, `NAMESPACE/POD` and the pod UID, as audit
+    /// records name them (made once, not per call).
+    pub audit_name: Option<Arc<str>>,
+    pub audit_pod: Option<Arc<str>>,
+    pub audit_pod_uid: Option<Arc<str>>,
+}
+
+impl Caller {
+    pub fn new(namespace: String, service_account: Option<String>, pod: Option<Arc<Reviewed>>) -> Caller {
+        let audit_name = service_account.as_ref().map(|sa| format!("{namespace}/{sa}").into());
+        let audit_pod = pod.as_ref().and_then(|p| p.pod_name.as_ref().map(|n| format!("{}/{n}", p.namespace).into()));
+        let audit_pod_uid = pod.as_ref().map(|p| p.pod_uid.as_str().into());
+        Caller { namespace, service_account, pod, audit_name, audit_pod, audit_pod_uid }
+    }
 }
 
 /// Why a caller was not authenticated. Messages tell the caller what to fix
@@ -77,8 +90,8 @@ pub enum PeerBinding {
 
 /// How callers are authenticated.
 pub enum Authenticator {
-    /// Development mode: no credential, every caller is in `namespace`.
-    Open { namespace: String },
+    /// Development mode: no credential, every caller is the same anonymous one.
+    Open { caller: Arc<Caller> },
     /// ServiceAccount tokens, verified and bound (see the module comment).
     Kubernetes(Box<KubeAuth>),
 }
@@ -94,31 +107,40 @@ pub struct KubeAuth {
 }
 
 impl Authenticator {
-    pub async fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Caller, AuthError> {
+    /// Development mode: every caller is anonymous, in `namespace`.
+    pub fn open(namespace: &str) -> Authenticator {
+        Authenticator::Open { caller: Arc::new(Caller::new(namespace.to_owned(), None, None)) }
+    }
+
+    pub async fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Arc<Caller>, AuthError> {
         match self {
-            Authenticator::Open { namespace } => {
-                Ok(Caller { namespace: namespace.clone(), service_account: None, pod: None })
-            }
+            Authenticator::Open { caller } => Ok(caller.clone()),
             Authenticator::Kubernetes(k) => k.authenticate(request).await,
         }
     }
 }
 
 impl KubeAuth {
-    async fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Caller, AuthError> {
+    async fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Arc<Caller>, AuthError> {
         let peer = request.extensions().get::<Peer>();
         let token = bearer(request, &self.audience)?;
-        let claims = token::peek(token.expose_secret())?;
+        // The connection's last caller, while its review is fresh: a client
+        // sends the same token on every call, so this is the common case.
+        if let Some(caller) = peer.and_then(|p| p.memo.get(token)) {
+            return Ok(caller);
+        }
+        let claims = token::peek(token)?;
         token::precheck(&claims, &self.audience, unix_now())?;
-        let reviewed =
-            self.reviewer.review(token.expose_secret(), &claims, || self.limiter.allow(&peer_key(peer))).await?;
+        let (reviewed, fresh_until) =
+            self.reviewer.review(token, &claims, || self.limiter.allow(&peer_key(peer))).await?;
         self.check_peer(peer, &reviewed)?;
         self.check_node(&reviewed)?;
-        Ok(Caller {
-            namespace: reviewed.namespace.clone(),
-            service_account: Some(reviewed.service_account.clone()),
-            pod: Some(reviewed),
-        })
+        let caller =
+            Arc::new(Caller::new(reviewed.namespace.clone(), Some(reviewed.service_account.clone()), Some(reviewed)));
+        if let Some(p) = peer {
+            p.memo.put(token, caller.clone(), fresh_until);
+        }
+        Ok(caller)
     }
 
     fn check_peer(&self, peer: Option<&Peer>, reviewed: &Reviewed) -> Result<(), AuthError> {
@@ -197,8 +219,8 @@ impl RateLimiter {
     }
 }
 
-/// The token of `authorization: Bearer <token>`.
-fn bearer<T>(request: &tonic::Request<T>, audience: &str) -> Result<SecretString, AuthError> {
+/// The token of `authorization: Bearer <token>` (borrowed from the request).
+fn bearer<'a, T>(request: &'a tonic::Request<T>, audience: &str) -> Result<&'a str, AuthError> {
     let value = request
         .metadata()
         .get("authorization")
@@ -208,7 +230,7 @@ fn bearer<T>(request: &tonic::Request<T>, audience: &str) -> Result<SecretString
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(AuthError::MalformedHeader);
     }
-    Ok(SecretString::from(token.trim()))
+    Ok(token.trim())
 }
 
 fn unix_now() -> u64 {

@@ -5,13 +5,17 @@
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
+
+use secrecy::{ExposeSecret, SecretString};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 use tonic::transport::server::Connected;
 
-use super::cgroup;
+use super::{Caller, cgroup};
 
 /// Who connected.
 #[derive(Clone, Debug)]
@@ -19,6 +23,25 @@ pub struct Peer {
     pub pid: Option<i32>,
     pub uid: Option<u32>,
     pub pod: PeerPod,
+    /// The connection's last authenticated caller (shared by its requests).
+    pub memo: Arc<CallerMemo>,
+}
+
+/// The caller a connection last authenticated, kept while its TokenReview is
+/// fresh, so the calls that follow with the same token skip the token work.
+#[derive(Debug, Default)]
+pub struct CallerMemo(Mutex<Option<(SecretString, Arc<Caller>, Instant)>>);
+
+impl CallerMemo {
+    pub fn get(&self, token: &str) -> Option<Arc<Caller>> {
+        let memo = self.0.lock().expect("caller memo lock");
+        let (known, caller, until) = memo.as_ref()?;
+        (known.expose_secret() == token && Instant::now() < *until).then(|| caller.clone())
+    }
+
+    pub fn put(&self, token: &str, caller: Arc<Caller>, until: Instant) {
+        *self.0.lock().expect("caller memo lock") = Some((SecretString::from(token), caller, until));
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +73,7 @@ impl Peer {
                 }
             }
         };
-        Peer { pid, uid: cred.map(|c| c.uid()), pod }
+        Peer { pid, uid: cred.map(|c| c.uid()), pod, memo: Arc::default() }
     }
 }
 

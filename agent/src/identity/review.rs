@@ -75,7 +75,13 @@ impl Reviewer {
     /// Reviews `token` (whose unverified claims are `claims`), from the cache
     /// when a review of it is fresh. Never cached past the token's expiry. A
     /// review is sent only if `may_call` agrees (the caller's rate limit).
-    pub async fn review(&self, token: &str, claims: &Claims, may_call: impl FnOnce() -> bool) -> Outcome {
+    /// On success, also says until when the answer may be reused.
+    pub async fn review(
+        &self,
+        token: &str,
+        claims: &Claims,
+        may_call: impl FnOnce() -> bool,
+    ) -> Result<(Arc<Reviewed>, Instant), ReviewError> {
         let key = fingerprint(token);
         let entry = {
             let now = Instant::now();
@@ -93,7 +99,7 @@ impl Reviewer {
                 }
             }
         };
-        let (outcome, _) = entry
+        let (outcome, until) = entry
             .cell
             .get_or_init(|| async {
                 if !may_call() {
@@ -103,7 +109,7 @@ impl Reviewer {
                 (outcome.clone(), self.cache_until(&outcome, claims))
             })
             .await;
-        outcome.clone()
+        outcome.clone().map(|r| (r, *until))
     }
 
     fn cache_until(&self, outcome: &Outcome, claims: &Claims) -> Instant {

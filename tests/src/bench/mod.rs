@@ -1,0 +1,577 @@
+//! `vaultlet-bench`: the figures of DESIGN.md, each measured beside its baseline
+//! in the same run, on a real stack (the Kubernetes API test server, OpenBao,
+//! the release agent with peer binding on).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use secrecy::SecretString;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use vaultlet::transit::{Transit, VaultAuth, VaultSettings};
+use vaultlet_client::{Client, EventKind, TokenSource};
+
+use crate::bao::ROOT_TOKEN;
+use crate::cgroup::PodCgroup;
+use crate::stack::{App, Stack, VAULT_AUDIENCE};
+
+pub mod chart;
+pub mod pods;
+pub mod stats;
+
+use stats::{round, summarize};
+
+const NS: &str = "bench";
+const KEY: &str = "bench";
+const BURST_SECRETS: [&str; 3] = ["db", "api", "tls"];
+
+/// How long and how hard each experiment runs.
+pub struct Plan {
+    pub quick: bool,
+    pub calls_c1: usize,
+    pub calls_c64: usize,
+    pub subscribers: usize,
+    pub burst_pods: usize,
+    pub memory_streams: usize,
+    pub steady: Duration,
+}
+
+impl Plan {
+    pub fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                calls_c1: 3_000,
+                calls_c64: 40_000,
+                subscribers: 1_000,
+                burst_pods: 100,
+                memory_streams: 10_000,
+                steady: Duration::from_secs(20),
+            }
+        } else {
+            Plan {
+                quick,
+                calls_c1: 20_000,
+                calls_c64: 300_000,
+                subscribers: 1_000,
+                burst_pods: 100,
+                memory_streams: 10_000,
+                steady: Duration::from_secs(60),
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub get_cached: Cached,
+    pub get_cached_c1: Cached,
+    pub propagation: Propagation,
+    pub burst: Burst,
+    pub memory: Memory,
+    pub steady_vault_calls_per_min: f64,
+    pub machine: Machine,
+}
+
+/// Cached `GetSecrets` against an empty RPC (health check) on the same server.
+#[derive(Serialize)]
+pub struct Cached {
+    pub concurrency: usize,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub rps: f64,
+    pub floor_p50_us: f64,
+    pub floor_p99_us: f64,
+    pub floor_rps: f64,
+    pub ratio_p50: f64,
+}
+
+#[derive(Serialize)]
+pub struct Propagation {
+    pub subscribers: usize,
+    /// Key rotation (RECRYPTED).
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// New content (CONTENT_CHANGED).
+    pub content_p50_ms: f64,
+    pub content_p99_ms: f64,
+    pub content_max_ms: f64,
+}
+
+#[derive(Serialize)]
+pub struct Burst {
+    pub pods: usize,
+    pub secrets: usize,
+    pub vault_logins: usize,
+    pub vault_decrypts: usize,
+    pub baseline_logins: usize,
+    pub baseline_decrypts: usize,
+    pub ms: f64,
+    pub baseline_ms: f64,
+}
+
+#[derive(Serialize)]
+pub struct Memory {
+    pub streams: usize,
+    pub rss_mib: f64,
+    pub idle_rss_mib: f64,
+}
+
+#[derive(Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu: String,
+    pub quick: bool,
+}
+
+/// What the chart shows.
+pub struct Samples {
+    pub floor_c1: Vec<Duration>,
+    pub get_c1: Vec<Duration>,
+    pub recrypted: Vec<Duration>,
+    pub content: Vec<Duration>,
+}
+
+fn say(line: &str) {
+    eprintln!("vaultlet-bench: {line}");
+}
+
+pub async fn run(plan: &Plan, bench_bin: &Path) -> (Report, Samples) {
+    say("starting the stack (Kubernetes API test server, OpenBao, release agent)");
+    let stack = Stack::start(&[KEY]).await;
+    let me = stack.app(NS, "web", "bench-client");
+    // This process is the pod `bench-client`: peer binding stays on.
+    let mut my_cgroup = PodCgroup::create(&me.pod_uid);
+    my_cgroup.enter();
+    for name in BURST_SECRETS.iter().chain(["hot"].iter()) {
+        stack.seal(NS, name, KEY, "web", &format!(r#"{{"name":"{name}","password":"{}"}}"#, "x".repeat(24)));
+    }
+    let pods: Vec<App> = (0..plan.burst_pods).map(|i| stack.app(NS, "web", &format!("burst-{i}"))).collect();
+    baseline_role(&stack);
+
+    // Vault calls are counted from the agent's start: its first login (made at
+    // start-up, for readiness) belongs to the burst it serves.
+    let logins_at_start = stack.bao.requests_under("auth/kubernetes/login");
+    let decrypts_at_start = stack.bao.requests_under("transit/decrypt/");
+    let mut agent = stack.start_agent_logging(&[], "warn");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss_mib = rss_mib(agent.pid());
+    say(&format!("idle agent: {idle_rss_mib:.1} MiB resident"));
+
+    say(&format!("burst: {} pods at once, {} secrets each, through the agent", plan.burst_pods, BURST_SECRETS.len()));
+    let refs = BURST_SECRETS.join(",");
+    let socket = stack.socket();
+    let agent_ms = burst(
+        &pods,
+        |pod| {
+            vec![
+                "pod-client".into(),
+                "--socket".into(),
+                socket.display().to_string(),
+                "--token-file".into(),
+                pod.token_file.display().to_string(),
+                "--refs".into(),
+                refs.clone(),
+            ]
+        },
+        bench_bin,
+    )
+    .await;
+    let vault_logins = stack.bao.requests_under("auth/kubernetes/login") - logins_at_start;
+    let vault_decrypts = stack.bao.requests_under("transit/decrypt/") - decrypts_at_start;
+    say(&format!("  {agent_ms:.0} ms, {vault_logins} Vault login(s), {vault_decrypts} decrypt(s)"));
+
+    say("burst baseline: the same pods the seeds' way (Kubernetes read, Vault login, decrypt each)");
+    let seed_tokens: Vec<PathBuf> = pods.iter().map(|p| vault_token(&stack, p)).collect();
+    let (logins_before, decrypts_before) =
+        (stack.bao.requests_under("auth/kubernetes/login"), stack.bao.requests_under("transit/decrypt/"));
+    let kubeconfig = stack.kubeconfig.clone();
+    let baseline_ms = burst_with_env(
+        &pods,
+        |pod| {
+            let i = pods.iter().position(|p| p.pod == pod.pod).expect("pod");
+            vec![
+                "seed-client".into(),
+                "--namespace".into(),
+                NS.into(),
+                "--secrets".into(),
+                refs.clone(),
+                "--vault-addr".into(),
+                stack.bao.addr.clone(),
+                "--vault-role".into(),
+                "seed-app".into(),
+                "--jwt-file".into(),
+                seed_tokens[i].display().to_string(),
+                "--transit-key".into(),
+                KEY.into(),
+            ]
+        },
+        bench_bin,
+        &[("KUBECONFIG", kubeconfig.as_os_str())],
+    )
+    .await;
+    let baseline_logins = stack.bao.requests_under("auth/kubernetes/login") - logins_before;
+    let baseline_decrypts = stack.bao.requests_under("transit/decrypt/") - decrypts_before;
+    say(&format!("  {baseline_ms:.0} ms, {baseline_logins} Vault login(s), {baseline_decrypts} decrypt(s)"));
+
+    let client = Client::connect(stack.socket())
+        .await
+        .expect("connect")
+        .with_token_source(TokenSource::File(me.token_file.clone()));
+    stack.wait_readable(&me, "hot").await;
+    say("cached read: GetSecrets of one cached secret against an empty RPC (health check)");
+    let (get_c1, floor_c1, cached_c1) = cached(&client, 1, plan.calls_c1).await;
+    let (_, _, cached_c64) = cached(&client, 64, plan.calls_c64).await;
+    for c in [&cached_c1, &cached_c64] {
+        say(&format!(
+            "  concurrency {:>2}: p50 {} µs (floor {} µs, x{}), {} calls/s (floor {})",
+            c.concurrency, c.p50_us, c.floor_p50_us, c.ratio_p50, c.rps, c.floor_rps
+        ));
+    }
+
+    say(&format!("propagation: {} watch streams on one secret, then a rotation and an edit", plan.subscribers));
+    let (recrypted, content) = propagation(&stack, &me, plan.subscribers).await;
+    let (mut r, mut c) = (recrypted.clone(), content.clone());
+    let (rs, cs) = (summarize(&mut r), summarize(&mut c));
+    say(&format!(
+        "  rotation: p50 {:.1} ms, p99 {:.1} ms; edit: p50 {:.1} ms, p99 {:.1} ms",
+        rs.p50_us / 1e3,
+        rs.p99_us / 1e3,
+        cs.p50_us / 1e3,
+        cs.p99_us / 1e3
+    ));
+
+    say(&format!("memory: {} open watch streams", plan.memory_streams));
+    let streams = open_streams(&stack, &me, plan.memory_streams).await;
+    let rss = rss_mib(agent.pid());
+    say(&format!("  {rss:.1} MiB resident"));
+
+    say(&format!(
+        "steady state: Vault calls during {} s with {} subscribers connected",
+        plan.steady.as_secs(),
+        plan.memory_streams
+    ));
+    let vault_before = stack.bao.requests_under("");
+    tokio::time::sleep(plan.steady).await;
+    let calls = stack.bao.requests_under("") - vault_before;
+    let per_min = calls as f64 * 60.0 / plan.steady.as_secs_f64();
+    say(&format!("  {calls} call(s)"));
+    drop(streams);
+    let _ = agent.terminate(Duration::from_secs(15));
+
+    let report = Report {
+        get_cached: cached_c64,
+        get_cached_c1: cached_c1,
+        propagation: Propagation {
+            subscribers: plan.subscribers,
+            p50_ms: round(rs.p50_us / 1e3),
+            p99_ms: round(rs.p99_us / 1e3),
+            max_ms: round(rs.max_us / 1e3),
+            content_p50_ms: round(cs.p50_us / 1e3),
+            content_p99_ms: round(cs.p99_us / 1e3),
+            content_max_ms: round(cs.max_us / 1e3),
+        },
+        burst: Burst {
+            pods: plan.burst_pods,
+            secrets: BURST_SECRETS.len(),
+            vault_logins,
+            vault_decrypts,
+            baseline_logins,
+            baseline_decrypts,
+            ms: round(agent_ms),
+            baseline_ms: round(baseline_ms),
+        },
+        memory: Memory { streams: plan.memory_streams, rss_mib: round(rss), idle_rss_mib: round(idle_rss_mib) },
+        steady_vault_calls_per_min: per_min,
+        machine: machine(plan.quick),
+    };
+    let mut samples = Samples { floor_c1, get_c1, recrypted, content };
+    for s in [&mut samples.floor_c1, &mut samples.get_c1, &mut samples.recrypted, &mut samples.content] {
+        s.sort_unstable();
+    }
+    (report, samples)
+}
+
+/// A Vault role for the baseline: the app's own service account logs in itself.
+fn baseline_role(stack: &Stack) {
+    stack.bao.must(&[
+        "write",
+        "auth/kubernetes/role/seed-app",
+        "bound_service_account_names=web",
+        &format!("bound_service_account_namespaces={NS}"),
+        &format!("audience={VAULT_AUDIENCE}"),
+        "token_policies=vaultlet-agent",
+        "token_ttl=30s",
+    ]);
+}
+
+fn vault_token(stack: &Stack, pod: &App) -> PathBuf {
+    let token = stack
+        .kube
+        .mint_token(NS, &pod.service_account, Some(&pod.pod), &[VAULT_AUDIENCE], Duration::from_secs(3600))
+        .expect("vault-audience token");
+    let path = stack.dir.path().join(format!("vault-token-{}", pod.pod));
+    std::fs::write(&path, token).expect("token file");
+    path
+}
+
+async fn burst(pods: &[App], args: impl Fn(&App) -> Vec<String>, bench_bin: &Path) -> f64 {
+    burst_with_env(pods, args, bench_bin, &[]).await
+}
+
+/// Starts one process per pod (each in its pod's cgroup), lets them all go at
+/// once, and returns the milliseconds until the last one was served.
+async fn burst_with_env(
+    pods: &[App],
+    args: impl Fn(&App) -> Vec<String>,
+    bench_bin: &Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> f64 {
+    let mut children = Vec::new();
+    let mut cgroups = Vec::new();
+    for pod in pods {
+        let cgroup = PodCgroup::create(&pod.pod_uid);
+        let argv = args(pod);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut cmd = tokio::process::Command::from(cgroup.command(bench_bin, &argv));
+        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).env("VAULTLET_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start a pod client");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        children.push((child, stdin, stdout));
+        cgroups.push(cgroup);
+    }
+    for (_, _, out) in &mut children {
+        let line = out.next_line().await.expect("read").unwrap_or_default();
+        assert_eq!(line, "ready", "a pod client did not get ready: {line}");
+    }
+    let start = pods::monotonic_ns();
+    for (_, stdin, _) in &mut children {
+        stdin.write_all(b"go\n").await.expect("start signal");
+    }
+    let mut last = start;
+    for (child, _, out) in &mut children {
+        let line = out.next_line().await.expect("read").unwrap_or_default();
+        match line.strip_prefix("done ") {
+            Some(ns) => last = last.max(ns.parse().expect("a time")),
+            None => panic!("a pod client failed: {line}"),
+        }
+        let _ = child.wait().await;
+    }
+    (last - start) as f64 / 1e6
+}
+
+/// `calls` cached reads at `concurrency`, and as many health checks (the floor).
+async fn cached(client: &Client, concurrency: usize, calls: usize) -> (Vec<Duration>, Vec<Duration>, Cached) {
+    let health = tonic_health::pb::health_client::HealthClient::new(client.channel());
+    let check = move || {
+        let mut h = health.clone();
+        async move {
+            h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("health check");
+        }
+    };
+    let get = {
+        let client = client.clone();
+        move || {
+            let c = client.clone();
+            async move {
+                c.get_secrets(["hot"]).await.expect("cached read");
+            }
+        }
+    };
+    // Warm up both paths, then alternate so drift hits both alike.
+    load(concurrency, calls / 10, check.clone()).await;
+    load(concurrency, calls / 10, get.clone()).await;
+    let (mut floor, floor_time) = load(concurrency, calls, check).await;
+    let (mut gets, get_time) = load(concurrency, calls, get).await;
+    let raw_floor = floor.clone();
+    let raw_gets = gets.clone();
+    let (f, g) = (summarize(&mut floor), summarize(&mut gets));
+    let report = Cached {
+        concurrency,
+        p50_us: round(g.p50_us),
+        p99_us: round(g.p99_us),
+        rps: round(calls as f64 / get_time.as_secs_f64()),
+        floor_p50_us: round(f.p50_us),
+        floor_p99_us: round(f.p99_us),
+        floor_rps: round(calls as f64 / floor_time.as_secs_f64()),
+        ratio_p50: round(g.p50_us / f.p50_us),
+    };
+    (raw_gets, raw_floor, report)
+}
+
+/// Runs `calls` calls of `f` from `concurrency` tasks; each call's latency, and the wall time.
+async fn load<F, Fut>(concurrency: usize, calls: usize, f: F) -> (Vec<Duration>, Duration)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let per_task = calls.div_ceil(concurrency);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let f = f.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_task);
+                for _ in 0..per_task {
+                    let t = Instant::now();
+                    f().await;
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(calls);
+    for t in tasks {
+        all.extend(t.await.expect("load task"));
+    }
+    (all, start.elapsed())
+}
+
+/// Subscribers on `hot`; then a rotation and an edit, timed from the write to
+/// the API server until each subscriber holds the event.
+async fn propagation(stack: &Stack, me: &App, subscribers: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let transit = root_transit(stack);
+    let clients = clients(stack, me, subscribers.div_ceil(100)).await;
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(EventKind, Instant)>();
+    let mut tasks = Vec::new();
+    for i in 0..subscribers {
+        let client = clients[i % clients.len()].clone();
+        let (ready_tx, seen_tx) = (ready_tx.clone(), seen_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut events = client.watch(["hot"]).expect("watch");
+            let first = events.next().await.expect("snapshot").expect("snapshot");
+            assert_eq!(first.kind, EventKind::Snapshot);
+            let _ = ready_tx.send(());
+            while let Some(Ok(e)) = events.next().await {
+                let _ = seen_tx.send((e.kind, Instant::now()));
+            }
+        }));
+    }
+    for _ in 0..subscribers {
+        ready_rx.recv().await.expect("subscriber ready");
+    }
+
+    let rotated = rewrap_hot(stack, &transit).await;
+    let start = Instant::now();
+    stack.kube.replace(rotated).expect("write the rotated Secret");
+    let recrypted = collect(&mut seen_rx, EventKind::Recrypted, subscribers, start).await;
+
+    let edited = new_content_hot(stack, &transit).await;
+    let start = Instant::now();
+    stack.kube.replace(edited).expect("write the edited Secret");
+    let content = collect(&mut seen_rx, EventKind::ContentChanged, subscribers, start).await;
+    for t in tasks {
+        t.abort();
+    }
+    (recrypted, content)
+}
+
+async fn collect(
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<(EventKind, Instant)>,
+    kind: EventKind,
+    subscribers: usize,
+    start: Instant,
+) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(subscribers);
+    while times.len() < subscribers {
+        let (k, at) = tokio::time::timeout(Duration::from_secs(60), seen.recv())
+            .await
+            .expect("every subscriber gets the event within 60 s")
+            .expect("subscribers running");
+        assert_eq!(k, kind, "unexpected event");
+        times.push(at.duration_since(start));
+    }
+    times
+}
+
+fn root_transit(stack: &Stack) -> Arc<Transit> {
+    let settings = VaultSettings { addr: stack.bao.addr.clone(), cacert: None, timeout: Duration::from_secs(10) };
+    Transit::new(settings, VaultAuth::Token(SecretString::from(ROOT_TOKEN)), "transit".into(), Default::default())
+        .expect("Transit client")
+}
+
+/// `hot` rotated as `vaultlet recrypt` would: new key version, same plaintext.
+async fn rewrap_hot(stack: &Stack, transit: &Transit) -> Secret {
+    transit.rotate(KEY).await.expect("rotate");
+    let mut secret: Secret = stack.kube.get(NS, "hot").expect("hot");
+    let data = secret.data.as_mut().expect("data");
+    let (key, ct) =
+        data.iter().next().map(|(k, v)| (k.clone(), String::from_utf8(v.0.clone()).expect("utf-8"))).expect("one key");
+    let rewrapped = transit.rewrap(KEY, &[ct]).await.expect("rewrap").remove(0).expect("rewrapped");
+    data.insert(key, ByteString(rewrapped.into_bytes()));
+    secret
+}
+
+async fn new_content_hot(stack: &Stack, transit: &Transit) -> Secret {
+    let mut secret: Secret = stack.kube.get(NS, "hot").expect("hot");
+    let ct = transit.encrypt(KEY, br#"{"name":"hot","password":"changed"}"#).await.expect("encrypt");
+    let data = secret.data.as_mut().expect("data");
+    let key = data.keys().next().cloned().expect("one key");
+    data.insert(key, ByteString(ct.into_bytes()));
+    secret
+}
+
+/// `n` connections to the agent as this pod (a connection carries at most 100 streams here).
+async fn clients(stack: &Stack, me: &App, n: usize) -> Vec<Client> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let c = Client::connect(stack.socket()).await.expect("connect");
+        out.push(c.with_token_source(TokenSource::File(me.token_file.clone())));
+    }
+    out
+}
+
+/// Opens `n` watch streams and waits for their snapshots; they close when dropped.
+async fn open_streams(stack: &Stack, me: &App, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    let clients = clients(stack, me, n.div_ceil(100)).await;
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let client = clients[i % clients.len()].clone();
+            let ready = ready_tx.clone();
+            tokio::spawn(async move {
+                let mut events = client.watch(["hot"]).expect("watch");
+                let _ = events.next().await;
+                let _ = ready.send(());
+                while events.next().await.is_some() {}
+            })
+        })
+        .collect();
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(120), ready_rx.recv()).await.expect("streams open in time");
+    }
+    tasks
+}
+
+/// Resident memory of a process (VmRSS), in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kib / 1024.0
+}
+
+fn machine(quick: bool) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    Machine { cpus: std::thread::available_parallelism().map_or(1, |n| n.get()), cpu, quick }
+}

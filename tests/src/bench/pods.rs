@@ -1,0 +1,97 @@
+//! The benchmark's pods: child processes, each in the cgroup of its own pod,
+//! that get ready, wait for a common start signal on stdin, do one start-up
+//! read, and report when they were done (monotonic clock, shared by every
+//! process on the machine).
+//!
+//! - `pod-client`: the vaultlet way, one `GetSecrets` call to the agent;
+//! - `seed-client`: the seeds' way (SecretManager's KUBEVAULT): read each
+//!   Secret from Kubernetes, log in to Vault with the pod's own token, decrypt
+//!   each ciphertext.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::Secret;
+use vaultlet::transit::{Transit, VaultAuth, VaultSettings};
+
+#[derive(clap::Args, Debug)]
+pub struct PodClient {
+    #[arg(long)]
+    socket: PathBuf,
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Comma-separated references.
+    #[arg(long, value_delimiter = ',')]
+    refs: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SeedClient {
+    #[arg(long)]
+    namespace: String,
+    /// Comma-separated Secret names.
+    #[arg(long, value_delimiter = ',')]
+    secrets: Vec<String>,
+    #[arg(long)]
+    vault_addr: String,
+    #[arg(long)]
+    vault_role: String,
+    /// The pod's token with the audience Vault's role expects.
+    #[arg(long)]
+    jwt_file: PathBuf,
+    #[arg(long)]
+    transit_key: String,
+}
+
+/// Nanoseconds of CLOCK_MONOTONIC: comparable across processes.
+pub fn monotonic_ns() -> u128 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("monotonic clock");
+    t.tv_sec() as u128 * 1_000_000_000 + t.tv_nsec() as u128
+}
+
+fn wait_for_go() {
+    println!("ready");
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+}
+
+fn report(result: Result<(), String>) {
+    match result {
+        Ok(()) => println!("done {}", monotonic_ns()),
+        Err(e) => println!("error {e}"),
+    }
+}
+
+pub async fn pod_client(args: PodClient) {
+    let client = match vaultlet_client::Client::connect(&args.socket).await {
+        Ok(c) => c.with_token_source(vaultlet_client::TokenSource::File(args.token_file)),
+        Err(e) => return report(Err(e.to_string())),
+    };
+    wait_for_go();
+    let result = client.get_secrets(&args.refs).await;
+    report(result.map(|_| ()).map_err(|e| e.to_string()));
+}
+
+pub async fn seed_client(args: SeedClient) {
+    vaultlet::cli::install_crypto_provider();
+    wait_for_go();
+    report(seed_read(args).await);
+}
+
+async fn seed_read(args: SeedClient) -> Result<(), String> {
+    let kube = kube::Client::try_default().await.map_err(|e| e.to_string())?;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(kube, &args.namespace);
+    let settings = VaultSettings { addr: args.vault_addr, cacert: None, timeout: std::time::Duration::from_secs(30) };
+    let auth = VaultAuth::Kubernetes { mount: "kubernetes".into(), role: args.vault_role, jwt_file: args.jwt_file };
+    let transit = Transit::new(settings, auth, "transit".into(), Default::default()).map_err(|e| e.to_string())?;
+    for name in &args.secrets {
+        let secret = secrets.get(name).await.map_err(|e| e.to_string())?;
+        let data = secret.data.unwrap_or_default();
+        let ciphertext = data.values().next().ok_or("no data")?;
+        let ciphertext = String::from_utf8(ciphertext.0.clone()).map_err(|e| e.to_string())?;
+        let plain = transit.decrypt(&args.transit_key, &[ciphertext]).await.map_err(|e| e.to_string())?;
+        let plain = plain.into_iter().next().ok_or("no result")??;
+        let _: serde_json::Value = serde_json::from_slice(plain.as_slice()).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! `vaultlet-bench`: measures the figures of DESIGN.md against their baselines
+//! on a real stack it starts itself, with the agent built in release mode.
+//!
+//!   cargo run --release -p vaultlet-tests --bin vaultlet-bench -- --quick --json out.json
+//!
+//! Needs root (pods are real cgroups, so peer binding stays on) and `bao` on PATH
+//! (scripts/venv installs it into .venv).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vaultlet_tests::bench::{self, Plan, chart};
+
+#[derive(Parser)]
+#[command(about = "Measure vaultlet's figures against their baselines (see the README's Performance section)")]
+struct Args {
+    /// About 3 minutes on 2 cores; without it the run is longer and the figures steadier.
+    #[arg(long)]
+    quick: bool,
+    /// Write the figures as JSON here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Write the chart (SVG) here [default: the JSON path with .svg].
+    #[arg(long, value_name = "PATH")]
+    svg: Option<PathBuf>,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+/// The benchmark's own child processes, one per pod.
+#[derive(Subcommand)]
+enum Role {
+    #[command(hide = true)]
+    PodClient(bench::pods::PodClient),
+    #[command(hide = true)]
+    SeedClient(bench::pods::SeedClient),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.role {
+        Some(Role::PodClient(a)) => {
+            bench::pods::pod_client(a).await;
+            return ExitCode::SUCCESS;
+        }
+        Some(Role::SeedClient(a)) => {
+            bench::pods::seed_client(a).await;
+            return ExitCode::SUCCESS;
+        }
+        None => {}
+    }
+    vaultlet::cli::install_crypto_provider();
+    if let Err(e) = ensure_release_agent() {
+        eprintln!("vaultlet-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    let me = std::env::current_exe().expect("own path");
+    let plan = Plan::new(args.quick);
+    let started = std::time::Instant::now();
+    let (report, samples) = bench::run(&plan, &me).await;
+    let json = serde_json::to_string_pretty(&report).expect("report");
+    println!("{json}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, format!("{json}\n")).expect("write the JSON report");
+    }
+    let svg_path = args.svg.or_else(|| args.json.as_ref().map(|p| p.with_extension("svg")));
+    if let Some(path) = svg_path {
+        let note = format!(
+            "{} cores, {}; cached read at concurrency 1; propagation to {} subscribers",
+            report.machine.cpus, report.machine.cpu, report.propagation.subscribers
+        );
+        let svg = chart::render(
+            "Cached GetSecrets vs empty RPC (latency CDF)",
+            &[
+                chart::Series { label: "empty RPC (floor)", color: "#999999", samples: &samples.floor_c1 },
+                chart::Series { label: "GetSecrets, cached", color: "#1f77b4", samples: &samples.get_c1 },
+            ],
+            "Change -> every subscriber holds it (CDF)",
+            &[
+                chart::Series { label: "key rotation", color: "#2ca02c", samples: &samples.recrypted },
+                chart::Series { label: "content change", color: "#d62728", samples: &samples.content },
+            ],
+            &note,
+        );
+        std::fs::write(&path, svg).expect("write the chart");
+        eprintln!("vaultlet-bench: chart written to {}", path.display());
+    }
+    eprintln!("vaultlet-bench: done in {:.0} s", started.elapsed().as_secs_f64());
+    ExitCode::SUCCESS
+}
+
+/// The agent under test is the release build next to this binary; when run
+/// through cargo, build it first so the figures are of the current source.
+fn ensure_release_agent() -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let profile_dir = me.parent().ok_or("no target directory")?;
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let release = profile_dir.ends_with("release");
+        eprintln!("vaultlet-bench: building the agent ({})", if release { "release" } else { "debug" });
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "vaultlet"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().map_err(|e| format!("cargo build: {e}"))?;
+        if !status.success() {
+            return Err("building the agent failed".into());
+        }
+    }
+    if !profile_dir.ends_with("release") {
+        eprintln!("vaultlet-bench: warning: not a release build: figures will be of a debug agent");
+    }
+    let agent = profile_dir.join("vaultlet");
+    if !agent.exists() {
+        return Err(format!("{} not found: cargo build --release -p vaultlet", agent.display()));
+    }
+    Ok(())
+}
