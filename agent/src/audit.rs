@@ -149,8 +149,14 @@ fn write_loop(mut rx: mpsc::Receiver<Record>, sink: Box<dyn Write + Send>, mut s
 }
 
 fn hash(line: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, line.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(64);
+    for b in d.as_ref() {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 /// The outcome of checking a chain.

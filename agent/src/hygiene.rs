@@ -25,6 +25,23 @@ pub fn harden() {
     }
 }
 
+/// How often freed memory is handed back to the system.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// glibc keeps freed heap pages resident: after a burst (thousands of watch
+/// streams opening, a flood of calls) the agent would keep its peak size for
+/// good. `malloc_trim` returns what is free; it takes well under a millisecond.
+pub fn trim_memory_periodically() {
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(TRIM_EVERY);
+        loop {
+            tick.tick().await;
+            // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+            unsafe { libc::malloc_trim(0) };
+        }
+    });
+}
+
 /// Refuses a socket directory others may write to (they could replace the socket).
 pub fn check_socket_dir(socket: &Path) -> Result<(), String> {
     let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };

@@ -237,9 +237,9 @@ impl SecretsService {
 
     async fn get(
         &self,
-        request: Request<proto::GetSecretsRequest>,
+        mut request: Request<proto::GetSecretsRequest>,
     ) -> Result<Response<proto::GetSecretsResponse>, ServiceError> {
-        let refs = request.get_ref().refs.iter().cloned().map(Some).collect();
+        let refs = std::mem::take(&mut request.get_mut().refs).into_iter().map(Some).collect();
         let (_, resolved) = self.admit("GetSecrets", &request, refs).await?;
         // Several secrets load concurrently (a cold start pays one round trip).
         let secrets = futures::future::try_join_all(resolved.into_iter().map(|(id, r)| self.get_one(id, r))).await?;

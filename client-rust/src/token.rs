@@ -88,12 +88,16 @@ impl Bearer {
             return Ok(Some(value.clone()));
         }
         let Some(token) = read_token_file(path)? else { return Ok(None) };
-        let mut value =
+        let value =
             MetadataValue::try_from(format!("Bearer {}", token.expose_secret())).map_err(|_| Error::Status {
                 code: tonic::Code::Unauthenticated,
                 message: format!("the token file {} holds characters a token cannot contain", path.display()),
             })?;
-        value.set_sensitive(true);
+        // Not marked sensitive: HPACK then indexes the header, so each call
+        // after the first sends one byte instead of the whole token (and the
+        // agent decodes nothing). Sensitivity guards against compression
+        // oracles across a shared connection; this one joins only this process
+        // and the agent, which both hold the token anyway.
         *cached = Some((stamp, value.clone()));
         Ok(Some(value))
     }

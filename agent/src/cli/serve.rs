@@ -41,6 +41,7 @@ pub async fn run(args: Args) -> CmdResult {
     let config = args.settings.resolve()?;
     crate::hygiene::check_socket_dir(&config.socket)?;
     crate::hygiene::harden();
+    crate::hygiene::trim_memory_periodically();
     super::install_crypto_provider();
     let grants = match &config.policy_file {
         Some(path) => PolicyFile::load(path)?.grants,
