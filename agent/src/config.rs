@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::identity::PeerBinding;
+use crate::limits::Limits;
 
 pub const DEFAULT_AUDIENCE: &str = "vaultlet";
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9750";
@@ -111,6 +112,18 @@ pub struct ServeArgs {
     /// Agent-wide policy file of cross-namespace grants (YAML).
     #[arg(long, env = "VAULTLET_POLICY_FILE")]
     pub policy_file: Option<PathBuf>,
+
+    /// Connections the agent accepts in all [default: 4096].
+    #[arg(long, env = "VAULTLET_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Connections one peer (a pod; outside pods, a user) may hold [default: 128].
+    #[arg(long, env = "VAULTLET_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<usize>,
+
+    /// Watch streams one peer may hold open [default: 1024].
+    #[arg(long, env = "VAULTLET_MAX_STREAMS_PER_PEER")]
+    pub max_streams_per_peer: Option<usize>,
 }
 
 /// The settings `serve` runs with.
@@ -133,6 +146,7 @@ pub struct ServeConfig {
     pub proc_root: PathBuf,
     pub audit_log: PathBuf,
     pub policy_file: Option<PathBuf>,
+    pub limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +183,9 @@ impl ServeArgs {
             proc_root: self.proc_root.or(other.proc_root),
             audit_log: self.audit_log.or(other.audit_log),
             policy_file: self.policy_file.or(other.policy_file),
+            max_connections: self.max_connections.or(other.max_connections),
+            max_connections_per_peer: self.max_connections_per_peer.or(other.max_connections_per_peer),
+            max_streams_per_peer: self.max_streams_per_peer.or(other.max_streams_per_peer),
         }
     }
 
@@ -189,6 +206,7 @@ impl ServeArgs {
             return Err(ConfigError::Invalid("namespaces", format!("{bad:?} is not a namespace name")));
         }
         let audience = merged.audience.unwrap_or_else(|| DEFAULT_AUDIENCE.into());
+        let defaults = Limits::default();
         if audience.is_empty() {
             return Err(ConfigError::Invalid("audience", "must not be empty".into()));
         }
@@ -215,6 +233,11 @@ impl ServeArgs {
             proc_root: merged.proc_root.unwrap_or_else(|| "/proc".into()),
             audit_log: merged.audit_log.unwrap_or_else(|| "-".into()),
             policy_file: merged.policy_file,
+            limits: Limits {
+                connections: merged.max_connections.unwrap_or(defaults.connections),
+                connections_per_peer: merged.max_connections_per_peer.unwrap_or(defaults.connections_per_peer),
+                streams_per_peer: merged.max_streams_per_peer.unwrap_or(defaults.streams_per_peer),
+            },
         })
     }
 }

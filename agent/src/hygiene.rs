@@ -25,6 +25,17 @@ pub fn harden() {
     }
 }
 
+/// Thousands of connections need thousands of descriptors: use what the hard
+/// limit allows (the soft limit is often 1024).
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 /// How often freed memory is handed back to the system.
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -13,6 +13,7 @@ pub mod document;
 pub mod hub;
 pub mod hygiene;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod secret;

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub watch_streams: Gauge,
     /// Secret revisions that could not be decoded (bad ciphertext, bad document).
     pub undecodable_revisions: Counter,
+    /// Connections and watch streams refused by the limits.
+    pub refused_connections: Counter,
+    pub refused_streams: Counter,
 }
 
 impl Metrics {
@@ -65,6 +68,8 @@ impl Metrics {
             "Secret revisions that could not be decrypted or parsed",
             self.undecodable_revisions.clone(),
         );
+        registry.register("refused_connections", "Connections refused by the limits", self.refused_connections.clone());
+        registry.register("refused_streams", "Watch streams refused by the limits", self.refused_streams.clone());
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);

@@ -11,7 +11,6 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use secrecy::ExposeSecret;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use vaultlet_client::proto::secrets_server::{Secrets, SecretsServer};
@@ -24,6 +23,7 @@ use crate::hub::{self, HubEvent, Watched};
 use crate::identity::peer::{Peer, PeerStream};
 use crate::identity::review::ReviewError;
 use crate::identity::{AuthError, Authenticator, Caller};
+use crate::limits::{Admission, Refused};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::metrics::{CallLabels, DecisionLabels, Metrics};
@@ -35,6 +35,12 @@ use crate::source::Unavailable;
 pub const MAX_REFS: usize = 128;
 /// Largest request accepted; requests are lists of names, so this is generous.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// HTTP/2 settings of each connection (see `serve`).
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+const MAX_HEADER_BYTES: u32 = 32 * 1024;
+const KEEPALIVE: Duration = Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long open connections get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -58,6 +64,8 @@ pub enum ServiceError {
     Undecodable { id: SecretId, message: String },
     #[error("{reference}: {error}")]
     Unavailable { reference: String, error: Unavailable },
+    #[error("{0}")]
+    Limit(#[from] Refused),
 }
 
 impl From<ServiceError> for Status {
@@ -76,6 +84,7 @@ impl From<ServiceError> for Status {
             ServiceError::Projection { error, .. } => error.code(),
             ServiceError::Undecodable { .. } => tonic::Code::FailedPrecondition,
             ServiceError::Unavailable { .. } => tonic::Code::Unavailable,
+            ServiceError::Limit(_) => tonic::Code::ResourceExhausted,
         };
         Status::new(code, e.to_string())
     }
@@ -88,6 +97,7 @@ pub struct SecretsService {
     metrics: Arc<Metrics>,
     counters: Counters,
     audit: Option<AuditLog>,
+    admission: Arc<Admission>,
     shutdown: CancellationToken,
 }
 
@@ -144,10 +154,11 @@ impl SecretsService {
         policy: Policy,
         metrics: Arc<Metrics>,
         audit: Option<AuditLog>,
+        admission: Arc<Admission>,
         shutdown: CancellationToken,
     ) -> Self {
         let counters = Counters::new(&metrics);
-        SecretsService { cache, auth, policy, metrics, counters, audit, shutdown }
+        SecretsService { cache, auth, policy, metrics, counters, audit, admission, shutdown }
     }
 
     fn count<T>(&self, method: usize, result: &Result<T, Status>) {
@@ -267,6 +278,10 @@ impl SecretsService {
     async fn watch(&self, request: Request<proto::WatchSecretsRequest>) -> Result<Response<EventStream>, ServiceError> {
         let refs = request.get_ref().secrets.iter().map(|t| t.r#ref.clone()).collect();
         let (_, resolved) = self.admit("WatchSecrets", &request, refs).await?;
+        let peer = request.extensions().get::<Peer>().map_or_else(|| "an unidentified process".to_owned(), Peer::key);
+        let slot = self.admission.stream(&peer).inspect_err(|_| {
+            self.metrics.refused_streams.inc();
+        })?;
         let targets = request.into_inner().secrets;
         let mut watched = Vec::with_capacity(targets.len());
         for ((index, t), (id, reference)) in targets.into_iter().enumerate().zip(resolved) {
@@ -278,7 +293,7 @@ impl SecretsService {
             let known_revision = (!t.known_revision.is_empty()).then_some(t.known_revision);
             watched.push(Watched { index: index as u32, id, reference, known_revision, states });
         }
-        let open = StreamGauge::new(&self.metrics);
+        let open = (StreamGauge::new(&self.metrics), slot);
         // Streams end when the agent shuts down, so that clients reconnect to the next one.
         let events = hub::events(watched)
             .map(move |e| {
@@ -381,6 +396,44 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Accepted connections, each with its peer (process, pod) read once and its
+/// place within the connection limits. An accept error (out of file
+/// descriptors) never ends serving: tonic would stop on it.
+fn incoming(
+    listener: UnixListener,
+    proc_root: PathBuf,
+    admission: Arc<Admission>,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = Result<PeerStream, std::io::Error>> {
+    futures::stream::unfold(listener, move |listener| {
+        let (proc_root, admission, metrics) = (proc_root.clone(), admission.clone(), metrics.clone());
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let peer = Peer::of(&stream, &proc_root);
+                        match admission.connection(&peer.key()) {
+                            Ok(slot) => return Some((Ok(PeerStream::new(stream, peer, slot)), listener)),
+                            Err(refused) => {
+                                metrics.refused_connections.inc();
+                                if admission.should_warn() {
+                                    tracing::warn!(pid = ?peer.pid, reason = %refused, "connection refused (one line per 10 s)");
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if admission.should_warn() {
+                            tracing::warn!(error = %e, "cannot accept connections (one line per 10 s); retrying");
+                        }
+                        tokio::time::sleep(ACCEPT_RETRY).await;
+                    }
+                }
+            }
+        }
+    })
+}
+
 /// Binds `socket` (replacing a stale one, never a live one), readable and
 /// writable by owner and group only.
 pub async fn bind(socket: &Path) -> Result<UnixListener, ServeError> {
@@ -414,6 +467,8 @@ pub async fn serve(
     service: SecretsService,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let admission = service.admission.clone();
+    let metrics = service.metrics.clone();
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SecretsServer<SecretsService>>().await;
     let reflection = || {
@@ -424,13 +479,18 @@ pub async fn serve(
     let secrets = SecretsServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
 
     let server = tonic::transport::Server::builder()
+        // Per connection: streams in flight, header size (a token is a few KiB at
+        // most), and pings so that a peer that went away frees its connection.
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_HEADER_BYTES)
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(secrets)
         .serve_with_incoming_shutdown(
-            // Each connection learns its peer (process, pod) once, when accepted.
-            UnixListenerStream::new(listener).map(move |conn| conn.map(|s| PeerStream::accept(s, &proc_root))),
+            incoming(listener, proc_root, admission, metrics),
             shutdown.clone().cancelled_owned(),
         );
     tokio::pin!(server);

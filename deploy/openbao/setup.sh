@@ -62,7 +62,10 @@ for name in $TRANSIT_KEYS; do
 done
 
 echo "transit: mount $TRANSIT_MOUNT/"
-if ! v secrets list -format=json | grep -q "\"$TRANSIT_MOUNT/\""; then
+# Listed into a variable first: `grep -q` stops reading early, and with
+# pipefail the writer's SIGPIPE would read as "not found".
+mounts=$(v secrets list -format=json)
+if ! grep -q "\"$TRANSIT_MOUNT/\"" <<<"$mounts"; then
     v secrets enable -path="$TRANSIT_MOUNT" transit >/dev/null
     echo "  enabled"
 fi
@@ -93,7 +96,8 @@ printf '%s' "$recrypt_policy" | v policy write vaultlet-recrypt - >/dev/null
 printf '%s' "$seal_policy" | v policy write vaultlet-seal - >/dev/null
 
 echo "kubernetes auth: mount $AUTH_MOUNT/ -> $KUBERNETES_HOST"
-if ! v auth list -format=json | grep -q "\"$AUTH_MOUNT/\""; then
+auths=$(v auth list -format=json)
+if ! grep -q "\"$AUTH_MOUNT/\"" <<<"$auths"; then
     v auth enable -path="$AUTH_MOUNT" kubernetes >/dev/null
     echo "  enabled"
 fi

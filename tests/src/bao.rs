@@ -121,6 +121,26 @@ impl Bao {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// SIGSTOP: the server hangs, connections stay open, nothing answers.
+    pub fn hang(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after `hang`.
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    /// SIGKILL: the server is gone (its in-memory state with it).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+    }
 }
 
 impl Drop for Bao {

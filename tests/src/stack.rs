@@ -24,6 +24,7 @@ pub struct Stack {
     pub kubeconfig: PathBuf,
     agent_token: PathBuf,
     files: StackFiles,
+    admin_port: u16,
 }
 
 /// What `setup.sh` reads besides its environment.
@@ -86,7 +87,8 @@ impl Stack {
             .expect("agent token");
         let agent_token = dir.path().join("agent-token");
         std::fs::write(&agent_token, format!("{token}\n")).expect("agent token file");
-        Stack { dir, kube, bao, kubeconfig, agent_token, files: stack_files }
+        let admin_port = crate::bao::free_port();
+        Stack { dir, kube, bao, kubeconfig, agent_token, files: stack_files, admin_port }
     }
 
     /// Runs `deploy/openbao/setup.sh` against this stack again (it is idempotent).
@@ -107,7 +109,7 @@ impl Stack {
             "--node-name",
             NODE,
             "--admin-listen",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{}", self.admin_port),
             "--vault-addr",
             &self.bao.addr,
             "--vault-auth-role",
@@ -122,6 +124,27 @@ impl Stack {
         .collect();
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         args
+    }
+
+    /// GET `path` from the agent's admin endpoint: the status code and the body.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin endpoint");
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("request");
+        let mut response = String::new();
+        conn.read_to_string(&mut response).expect("response");
+        let status = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of a counter or gauge on the agent's `/metrics` (0 when absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn audit_log(&self) -> PathBuf {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::{CmdResult, shutdown_on_signal};
 use crate::cache::Cache;
 use crate::identity::Authenticator;
+use crate::limits::{Admission, Limits};
 use crate::policy::Policy;
 use crate::server::{self, SecretsService};
 use crate::source::change_channel;
@@ -29,6 +30,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> CmdResult {
+    crate::hygiene::raise_open_files_limit();
     let shutdown = shutdown_on_signal()?;
     let (changes_tx, changes_rx) = change_channel();
     let source = Arc::new(FileSource::start(&args.secrets_dir, changes_tx)?);
@@ -37,7 +39,15 @@ pub async fn run(args: Args) -> CmdResult {
 
     let listener = server::bind(&args.socket).await?;
     let open = Authenticator::open(DEFAULT_NAMESPACE);
-    let service = SecretsService::new(cache, open, Policy::AllowAll, Default::default(), None, shutdown.clone());
+    let service = SecretsService::new(
+        cache,
+        open,
+        Policy::AllowAll,
+        Default::default(),
+        None,
+        Admission::new(Limits::default()),
+        shutdown.clone(),
+    );
     print_banner(&source, &args.socket);
     server::serve(listener, &args.socket, "/proc".into(), service, shutdown).await?;
     tracing::info!("stopped; socket removed");

@@ -11,6 +11,7 @@ use crate::config::ServeArgs;
 use crate::identity::pods::NodePods;
 use crate::identity::review::Reviewer;
 use crate::identity::{Authenticator, KubeAuth, RateLimiter};
+use crate::limits::Admission;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyFile};
 use crate::server::{self, SecretsService};
@@ -41,6 +42,7 @@ pub async fn run(args: Args) -> CmdResult {
     let config = args.settings.resolve()?;
     crate::hygiene::check_socket_dir(&config.socket)?;
     crate::hygiene::harden();
+    crate::hygiene::raise_open_files_limit();
     crate::hygiene::trim_memory_periodically();
     super::install_crypto_provider();
     let grants = match &config.policy_file {
@@ -91,7 +93,8 @@ pub async fn run(args: Args) -> CmdResult {
         limiter: RateLimiter::new(REVIEW_BURST, REVIEW_PER_SECOND),
     }));
     let policy = Policy::Kubernetes { source, grants };
-    let service = SecretsService::new(cache, auth, policy, metrics, Some(audit), shutdown.clone());
+    let service =
+        SecretsService::new(cache, auth, policy, metrics, Some(audit), Admission::new(config.limits), shutdown.clone());
     let listener = server::bind(&config.socket).await?;
     tracing::info!(
         socket = %config.socket.display(),

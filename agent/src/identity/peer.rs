@@ -16,6 +16,7 @@ use tokio::net::UnixStream;
 use tonic::transport::server::Connected;
 
 use super::{Caller, cgroup};
+use crate::limits::Slot;
 
 /// Who connected.
 #[derive(Clone, Debug)]
@@ -55,6 +56,16 @@ pub enum PeerPod {
 }
 
 impl Peer {
+    /// Whose limits a connection counts against: its pod, or outside pods the
+    /// user its process runs as.
+    pub fn key(&self) -> String {
+        match (&self.pod, self.uid) {
+            (PeerPod::Pod(uid), _) => format!("pod {uid}"),
+            (_, Some(uid)) => format!("uid {uid} (outside pods)"),
+            (_, None) => "an unidentified process".to_owned(),
+        }
+    }
+
     /// Reads the credentials of `stream`'s peer and its pod from `proc_root`.
     pub fn of(stream: &UnixStream, proc_root: &Path) -> Peer {
         let cred = stream.peer_cred().ok();
@@ -77,16 +88,17 @@ impl Peer {
     }
 }
 
-/// A socket connection that carries its `Peer` into every request's extensions.
+/// A socket connection that carries its `Peer` into every request's
+/// extensions, and holds its place within the connection limits.
 pub struct PeerStream {
     inner: UnixStream,
     peer: Peer,
+    _slot: Slot,
 }
 
 impl PeerStream {
-    pub fn accept(inner: UnixStream, proc_root: &Path) -> PeerStream {
-        let peer = Peer::of(&inner, proc_root);
-        PeerStream { inner, peer }
+    pub fn new(inner: UnixStream, peer: Peer, slot: Slot) -> PeerStream {
+        PeerStream { inner, peer, _slot: slot }
     }
 }
 

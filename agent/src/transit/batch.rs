@@ -141,13 +141,10 @@ fn check_len<T>(results: Vec<T>, want: usize) -> Result<Vec<T>, ErrorKind> {
 
 /// reqwest's errors carry the URL; ours name the backend once, elsewhere.
 fn without_url(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
+    if e.is_timeout() {
+        return "timed out".to_owned();
+    }
+    let kind = if e.is_connect() { "connection failed" } else { "request failed" };
     let mut detail = String::new();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -28,6 +28,9 @@ use stats::{round, summarize};
 const NS: &str = "bench";
 const KEY: &str = "bench";
 const BURST_SECRETS: [&str; 3] = ["db", "api", "tls"];
+/// The pods that hold the memory experiment's streams (each within the agent's
+/// limit of streams per pod).
+const WATCHER_PODS: usize = 10;
 /// Rounds of the cached-read comparison (floor, then reads, each round).
 const ROUNDS: usize = 5;
 
@@ -229,8 +232,8 @@ pub async fn run(plan: &Plan, bench_bin: &Path) -> (Report, Samples) {
     let _ = agent.terminate(Duration::from_secs(15));
     agent.restart();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    say(&format!("memory: {} open watch streams", plan.memory_streams));
-    let streams = open_streams(&stack, &me, plan.memory_streams).await;
+    say(&format!("memory: {} open watch streams, from {} pods", plan.memory_streams, WATCHER_PODS));
+    let streams = Watchers::open(&stack, &pods[..WATCHER_PODS], plan.memory_streams / WATCHER_PODS, bench_bin).await;
     let rss = rss_mib(agent.pid());
     say(&format!("  {rss:.1} MiB resident"));
 
@@ -244,9 +247,7 @@ pub async fn run(plan: &Plan, bench_bin: &Path) -> (Report, Samples) {
     let calls = stack.bao.requests_under("") - vault_before;
     let per_min = calls as f64 * 60.0 / plan.steady.as_secs_f64();
     say(&format!("  {calls} call(s)"));
-    for s in streams {
-        s.abort();
-    }
+    streams.close().await;
 
     let client = Client::connect(stack.socket())
         .await
@@ -564,50 +565,58 @@ async fn clients(stack: &Stack, me: &App, n: usize) -> Vec<Client> {
     out
 }
 
-/// Opens `n` watch streams from pods of 100 streams each and waits for their
-/// snapshots; they stay open until aborted. Each pod opens its streams one
-/// after the other, as a service's start-up code does (all of a connection's
-/// streams at once would leave h2's per-connection buffers sized for that burst).
-async fn open_streams(stack: &Stack, me: &App, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
-    let clients = clients(stack, me, n.div_ceil(100)).await;
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut tasks = Vec::with_capacity(n);
-    let (opened_tx, opened_rx) = tokio::sync::mpsc::unbounded_channel::<tokio::task::JoinHandle<()>>();
-    let pods: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(i, client)| {
-            let count = 100.min(n - i * 100);
-            let (ready, opened) = (ready_tx.clone(), opened_tx.clone());
-            tokio::spawn(async move {
-                for _ in 0..count {
-                    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-                    let (client, ready) = (client.clone(), ready.clone());
-                    let stream = tokio::spawn(async move {
-                        let mut events = client.watch(["hot"]).expect("watch");
-                        let _ = events.next().await;
-                        let _ = first_tx.send(());
-                        let _ = ready.send(());
-                        while events.next().await.is_some() {}
-                    });
-                    let _ = opened.send(stream);
-                    let _ = first_rx.await;
-                }
-            })
-        })
-        .collect();
-    drop((ready_tx, opened_tx));
-    for _ in 0..n {
-        tokio::time::timeout(Duration::from_secs(120), ready_rx.recv()).await.expect("streams open in time");
+/// Pods that hold `per_pod` watch streams each (one process per pod, in its
+/// cgroup), until dropped.
+struct Watchers {
+    children: Vec<tokio::process::Child>,
+    _cgroups: Vec<PodCgroup>,
+}
+
+impl Watchers {
+    async fn open(stack: &Stack, pods: &[App], per_pod: usize, bench_bin: &Path) -> Watchers {
+        let socket = stack.socket().display().to_string();
+        let mut children = Vec::new();
+        let mut cgroups = Vec::new();
+        let mut outputs = Vec::new();
+        for pod in pods {
+            let cgroup = PodCgroup::create(&pod.pod_uid);
+            let streams = per_pod.to_string();
+            let token = pod.token_file.display().to_string();
+            let args = [
+                "pod-watcher",
+                "--socket",
+                &socket,
+                "--token-file",
+                &token,
+                "--streams",
+                &streams,
+                "--reference",
+                "hot",
+            ];
+            let mut cmd = tokio::process::Command::from(cgroup.command(bench_bin, &args));
+            cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).env("VAULTLET_LOG", "warn");
+            let mut child = cmd.spawn().expect("start a pod watcher");
+            outputs.push(BufReader::new(child.stdout.take().expect("stdout")).lines());
+            children.push(child);
+            cgroups.push(cgroup);
+        }
+        for out in &mut outputs {
+            let line = tokio::time::timeout(Duration::from_secs(120), out.next_line())
+                .await
+                .expect("watchers ready in time")
+                .expect("read")
+                .unwrap_or_default();
+            assert_eq!(line, "ready", "a pod watcher failed: {line}");
+        }
+        Watchers { children, _cgroups: cgroups }
     }
-    for p in pods {
-        let _ = p.await;
+
+    async fn close(mut self) {
+        for child in &mut self.children {
+            drop(child.stdin.take());
+            let _ = child.wait().await;
+        }
     }
-    let mut opened_rx = opened_rx;
-    while let Ok(t) = opened_rx.try_recv() {
-        tasks.push(t);
-    }
-    tasks
 }
 
 /// Resident memory of a process (VmRSS), in MiB.

@@ -26,6 +26,19 @@ pub struct PodClient {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct PodWatcher {
+    #[arg(long)]
+    socket: PathBuf,
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Watch streams to open, 100 per connection.
+    #[arg(long)]
+    streams: usize,
+    #[arg(long)]
+    reference: String,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct SeedClient {
     #[arg(long)]
     namespace: String,
@@ -70,6 +83,37 @@ pub async fn pod_client(args: PodClient) {
     wait_for_go();
     let result = client.get_secrets(&args.refs).await;
     report(result.map(|_| ()).map_err(|e| e.to_string()));
+}
+
+/// Opens its streams (each connection's one after the other, as a service's
+/// start-up code does), says `ready` once every snapshot arrived, and keeps them
+/// open until its standard input closes.
+pub async fn pod_watcher(args: PodWatcher) {
+    use futures::StreamExt;
+    let mut streams = Vec::with_capacity(args.streams);
+    for start in (0..args.streams).step_by(100) {
+        let client = match vaultlet_client::Client::connect(&args.socket).await {
+            Ok(c) => c.with_token_source(vaultlet_client::TokenSource::File(args.token_file.clone())),
+            Err(e) => return report(Err(e.to_string())),
+        };
+        for _ in start..(start + 100).min(args.streams) {
+            let mut events = match client.watch([&args.reference]) {
+                Ok(w) => w,
+                Err(e) => return report(Err(e.to_string())),
+            };
+            match events.next().await {
+                Some(Ok(_)) => streams.push(tokio::spawn(async move { while events.next().await.is_some() {} })),
+                Some(Err(e)) => return report(Err(e.to_string())),
+                None => return report(Err("the stream ended".into())),
+            }
+        }
+    }
+    println!("ready");
+    let mut line = String::new();
+    let _ = tokio::task::spawn_blocking(move || std::io::stdin().lock().read_line(&mut line)).await;
+    for s in streams {
+        s.abort();
+    }
 }
 
 pub async fn seed_client(args: SeedClient) {

@@ -35,6 +35,8 @@ enum Role {
     PodClient(bench::pods::PodClient),
     #[command(hide = true)]
     SeedClient(bench::pods::SeedClient),
+    #[command(hide = true)]
+    PodWatcher(bench::pods::PodWatcher),
 }
 
 #[tokio::main]
@@ -47,6 +49,10 @@ async fn main() -> ExitCode {
         }
         Some(Role::SeedClient(a)) => {
             bench::pods::seed_client(a).await;
+            return ExitCode::SUCCESS;
+        }
+        Some(Role::PodWatcher(a)) => {
+            bench::pods::pod_watcher(a).await;
             return ExitCode::SUCCESS;
         }
         None => {}

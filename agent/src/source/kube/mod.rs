@@ -80,7 +80,7 @@ impl KubeSource {
         let plaintexts = match self.transit.decrypt(managed.transit_key, &ciphertexts).await {
             Ok(p) => p,
             Err(e) if e.is_transient() => return Err(Unavailable(e.to_string())),
-            Err(e) => return Ok(invalid(e.to_string())),
+            Err(e) => return Ok(invalid(format!("Transit key {:?}: {e}", managed.transit_key))),
         };
         let mut documents = std::collections::BTreeMap::new();
         for ((key, ct), plain) in managed.ciphertexts.iter().zip(plaintexts) {

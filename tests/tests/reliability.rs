@@ -1,0 +1,344 @@
+//! Faults, as users see them: a hung or dead OpenBao, a misbehaving API server,
+//! a killed agent, secrets that stop decrypting, hostile clients. The agent is
+//! a separate process; OpenBao and the API test server are real.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use secrecy::ExposeSecret;
+use tokio::time::timeout;
+use vaultlet_client::{Client, Code, Event, EventKind, SecretRef, TokenSource, WatchStream};
+use vaultlet_tests::agent::vaultlet_bin;
+use vaultlet_tests::cgroup::PodCgroup;
+use vaultlet_tests::stack::{App, Stack};
+
+async fn client(stack: &Stack, app: &App) -> Client {
+    Client::connect(stack.socket()).await.unwrap().with_token_source(TokenSource::File(app.token_file.clone()))
+}
+
+async fn next(events: &mut WatchStream) -> Event {
+    timeout(Duration::from_secs(20), events.next())
+        .await
+        .expect("an event within 20 s")
+        .expect("stream open")
+        .expect("event")
+}
+
+fn value(e: &Event, field: &str) -> String {
+    e.secret.values[field].expose_secret().to_owned()
+}
+
+/// Copies the data of `from` into `to` (both sealed under the same key): a new
+/// revision of `to` without going through the API server's HTTP side.
+fn copy_data(stack: &Stack, ns: &str, from: &str, to: &str) {
+    let source: Secret = stack.kube.get(ns, from).expect("source Secret");
+    let mut target: Secret = stack.kube.get(ns, to).expect("target Secret");
+    target.data = source.data;
+    stack.kube.replace(target).expect("replace");
+}
+
+fn set_data(stack: &Stack, ns: &str, name: &str, key: &str, ciphertext: &str) {
+    let mut secret: Secret = stack.kube.get(ns, name).expect("Secret");
+    secret.data = Some([(key.to_owned(), ByteString(ciphertext.as_bytes().to_vec()))].into());
+    stack.kube.replace(secret).expect("replace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn openbao_hung_or_down_never_hangs_a_caller_and_cached_secrets_stay_served() {
+    let mut stack = Stack::start(&["shop"]).await;
+    let _agent = stack.start_agent(&["--peer-binding", "off", "--vault-timeout", "2s"]);
+    let web = stack.app("shop", "web", "web-1");
+    for name in ["cached", "later", "last"] {
+        stack.seal("shop", name, "shop", "web", &format!(r#"{{"name":"{name}"}}"#));
+    }
+    stack.wait_readable(&web, "cached").await;
+    let c = client(&stack, &web).await;
+    assert_eq!(stack.admin_get("/readyz").0, 200);
+
+    stack.bao.hang();
+    let t = Instant::now();
+    let got = c.get_secrets(["cached"]).await.expect("a cached secret is served while OpenBao hangs");
+    assert_eq!(got["cached"].values["name"].expose_secret(), "cached");
+    assert!(t.elapsed() < Duration::from_secs(1), "served from the cache: {:?}", t.elapsed());
+
+    let t = Instant::now();
+    let err = c.get_secrets(["later"]).await.unwrap_err();
+    let waited = t.elapsed();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.to_string().contains(&format!("Vault/OpenBao {}", stack.bao.addr)), "names the backend: {err}");
+    assert!(err.to_string().contains("timed out") || err.to_string().contains("no answer within 2s"), "{err}");
+    assert!(waited < Duration::from_secs(5), "bounded by --vault-timeout: {waited:?}");
+    let (status, why) = stack.admin_get("/readyz");
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("Vault/OpenBao"), "{why}");
+
+    stack.bao.resume();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match c.get_secrets(["later"]).await {
+            Ok(got) => {
+                assert_eq!(got["later"].values["name"].expose_secret(), "later");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "no recovery after OpenBao came back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(stack.admin_get("/readyz").0, 200, "ready again");
+
+    // Down for good: an uncached secret fails at once, cached ones are served.
+    stack.bao.kill();
+    let t = Instant::now();
+    let err = c.get_secrets(["last"]).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(t.elapsed() < Duration::from_secs(3), "a refused connection fails fast: {:?}", t.elapsed());
+    assert!(c.get_secrets(["cached", "later"]).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_server_hangs_drops_and_expired_versions_lose_no_change() {
+    let stack = Stack::start(&["shop"]).await;
+    let _agent = stack.start_agent(&["--peer-binding", "off"]);
+    let web = stack.app("shop", "web", "web-1");
+    for v in 1..=5 {
+        stack.seal("shop", &format!("v{v}"), "shop", "web", &format!(r#"{{"v":"{v}"}}"#));
+    }
+    stack.seal("shop", "db", "shop", "web", r#"{"v":"0"}"#);
+    stack.wait_readable(&web, "db").await;
+    let c = client(&stack, &web).await;
+    let mut events = c.watch(["db"]).unwrap();
+    assert_eq!(value(&next(&mut events).await, "v"), "0");
+
+    // Hung: the change made meanwhile arrives once the server answers again.
+    stack.kube.faults().hang();
+    copy_data(&stack, "shop", "v1", "db");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.kube.faults().release();
+    let e = next(&mut events).await;
+    assert_eq!((e.kind, value(&e, "v").as_str()), (EventKind::ContentChanged, "1"));
+
+    // Watch connections dropped, then a change.
+    stack.kube.faults().drop_watches();
+    copy_data(&stack, "shop", "v2", "db");
+    assert_eq!(value(&next(&mut events).await, "v"), "2");
+
+    // The watch's resourceVersion expired (410 Gone): the agent re-lists and
+    // still sees the changes made while it was away.
+    stack.kube.faults().expire_history();
+    stack.kube.faults().drop_watches();
+    copy_data(&stack, "shop", "v3", "db");
+    copy_data(&stack, "shop", "v4", "db");
+    let e = next(&mut events).await;
+    let seen = value(&e, "v");
+    let last = if seen == "3" { value(&next(&mut events).await, "v") } else { seen };
+    assert_eq!(last, "4", "the newest change arrives");
+
+    // A deletion while the watch is down is not missed either.
+    stack.kube.faults().expire_history();
+    stack.kube.faults().drop_watches();
+    stack.kube.delete::<Secret>("shop", "db").unwrap();
+    assert_eq!(next(&mut events).await.kind, EventKind::Deleted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_agent_comes_back_and_watches_resume_with_the_current_state() {
+    let stack = Stack::start(&["shop"]).await;
+    let mut agent = stack.start_agent(&["--peer-binding", "off"]);
+    let web = stack.app("shop", "web", "web-1");
+    stack.seal("shop", "db", "shop", "web", r#"{"v":"1"}"#);
+    stack.wait_readable(&web, "db").await;
+    let c = client(&stack, &web).await;
+    let mut events = c.watch(["db"]).unwrap();
+    let first = next(&mut events).await;
+    assert_eq!((first.kind, value(&first, "v").as_str()), (EventKind::Snapshot, "1"));
+
+    agent.kill();
+    stack.seal("shop", "db", "shop", "web", r#"{"v":"2"}"#);
+    agent.restart();
+    let e = next(&mut events).await;
+    assert_eq!((e.kind, value(&e, "v").as_str()), (EventKind::Snapshot, "2"), "the current state, once");
+    assert!(timeout(Duration::from_secs(1), events.next()).await.is_err(), "nothing repeated");
+    // The socket path keeps working for new clients.
+    assert!(client(&stack, &web).await.get_secrets(["db"]).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revisions_that_cannot_be_decoded_keep_the_last_good_values_and_recover() {
+    let stack = Stack::start(&["shop", "doomed"]).await;
+    let _agent = stack.start_agent(&["--peer-binding", "off"]);
+    let web = stack.app("shop", "web", "web-1");
+    stack.seal("shop", "db", "shop", "web", r#"{"password":"good"}"#);
+    stack.wait_readable(&web, "db").await;
+    let c = client(&stack, &web).await;
+    let mut events = c.watch(["db"]).unwrap();
+    assert_eq!(next(&mut events).await.kind, EventKind::Snapshot);
+
+    // A ciphertext Transit refuses.
+    set_data(&stack, "shop", "db", "secrets.json", "vault:v1:bm90IGEgcmVhbCBjaXBoZXJ0ZXh0");
+    let e = next(&mut events).await;
+    assert_eq!(e.kind, EventKind::Error);
+    assert_eq!(value(&e, "password"), "good", "the last good values come with the error");
+    let err = e.error.unwrap();
+    assert_eq!(err.code, Code::FailedPrecondition);
+    assert!(err.message.contains("cannot decrypt"), "{}", err.message);
+    let got = c.get_secrets(["db"]).await.unwrap();
+    assert_eq!(got["db"].values["password"].expose_secret(), "good", "still served");
+
+    // A document that no longer parses (encrypted, but not JSON).
+    let plain = base64_of(b"password: not json");
+    let ct = stack.bao.must(&["write", "-field=ciphertext", "transit/encrypt/shop", &format!("plaintext={plain}")]);
+    set_data(&stack, "shop", "db", "secrets.json", ct.trim());
+    let e = next(&mut events).await;
+    assert_eq!(e.kind, EventKind::Error);
+    assert!(e.error.unwrap().message.contains("not valid JSON"));
+
+    // Recovery on the next good version.
+    stack.seal("shop", "db", "shop", "web", r#"{"password":"better"}"#);
+    let e = next(&mut events).await;
+    assert_eq!((e.kind, value(&e, "password").as_str()), (EventKind::ContentChanged, "better"));
+
+    // A Transit key that was deleted: the next revision cannot be decrypted.
+    stack.seal("shop", "old", "doomed", "web", r#"{"k":"v"}"#);
+    stack.wait_readable(&web, "old").await;
+    let mut old = c.watch(["old"]).unwrap();
+    assert_eq!(next(&mut old).await.kind, EventKind::Snapshot);
+    stack.bao.must(&["write", "transit/keys/doomed/config", "deletion_allowed=true"]);
+    stack.bao.must(&["delete", "transit/keys/doomed"]);
+    let mut secret: Secret = stack.kube.get("shop", "old").unwrap();
+    secret.metadata.annotations.get_or_insert_default().insert("touched".into(), "yes".into());
+    stack.kube.replace(secret).unwrap();
+    let e = next(&mut old).await;
+    assert_eq!(e.kind, EventKind::Error);
+    assert!(e.error.as_ref().unwrap().message.contains("doomed"), "names the key");
+    assert_eq!(value(&e, "k"), "v");
+
+    // Each bad revision is counted, and logged once.
+    assert!(stack.metric("vaultlet_undecodable_revisions_total") >= 3.0);
+    let log = std::fs::read_to_string(stack.agent_log()).unwrap();
+    let lines = log.lines().filter(|l| l.contains("new revision cannot be decoded")).count();
+    assert_eq!(lines, 3, "one log line per bad revision");
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                let _ = out.write_char('=');
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_clients_do_not_take_the_agent_down() {
+    let stack = Stack::start(&["shop"]).await;
+    // Peer binding off: this test process (not in a pod) plays every hostile peer.
+    let agent = stack.start_agent(&[
+        "--peer-binding",
+        "off",
+        "--max-connections-per-peer",
+        "20",
+        "--max-streams-per-peer",
+        "30",
+    ]);
+    let web = stack.app("shop", "web", "web-1");
+    stack.seal("shop", "db", "shop", "web", r#"{"password":"p"}"#);
+    let socket = stack.socket();
+    let rightful = |reference: &str| {
+        let cgroup = PodCgroup::create(&web.pod_uid);
+        let args =
+            ["get", "--socket", socket.to_str().unwrap(), "--token-file", web.token_file.to_str().unwrap(), reference];
+        let out = cgroup.command(&vaultlet_bin(), &args).env("VAULTLET_LOG", "warn").output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rightful("db").0 {
+        assert!(Instant::now() < deadline, "the rightful caller is not served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Garbage bytes instead of HTTP/2: the connection is closed.
+    let mut garbage = UnixStream::connect(&socket).unwrap();
+    garbage.write_all(&[0xde; 4096]).unwrap();
+    garbage.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    let _ = garbage.read(&mut buf);
+    // Half-open connections: a partial preface, and silence.
+    let mut held = Vec::new();
+    for i in 0..10 {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        if i % 2 == 0 {
+            s.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+        }
+        held.push(s);
+    }
+    // Far more connections than one peer may hold: the rest are closed at once.
+    let mut refused = 0;
+    for _ in 0..300 {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        if matches!(s.read(&mut buf), Ok(0)) {
+            refused += 1;
+        } else {
+            held.push(s);
+        }
+    }
+    assert!(refused >= 250, "the per-peer connection limit holds: {refused} refused");
+    drop(held);
+
+    // A 5 MB request, and thousands of garbage tokens: clear statuses.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let outsider = Client::connect(&socket).await.unwrap().with_token_source(TokenSource::None);
+    let err = outsider.get(vec![SecretRef::new("", "x".repeat(5 << 20))]).await.unwrap_err();
+    assert!(matches!(err.code(), Code::ResourceExhausted | Code::OutOfRange), "{err}");
+    let reviews_before = stack.kube.request_count("create", "tokenreviews");
+    let bad_token = stack.dir.path().join("bad-token");
+    std::fs::write(&bad_token, "eyJhbGciOiJSUzI1NiJ9.eyJ4IjoxfQ.c2lnbmF0dXJl").unwrap();
+    let flooder = Client::connect(&socket).await.unwrap().with_token_source(TokenSource::File(bad_token));
+    let calls = (0..2000).map(|_| {
+        let f = flooder.clone();
+        async move { f.get_secrets(["db"]).await }
+    });
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
+    }
+    assert_eq!(stack.kube.request_count("create", "tokenreviews"), reviews_before, "refused before any TokenReview");
+
+    // Watch streams beyond the per-peer limit are refused; a reader that never
+    // reads holds nothing more while the secret keeps changing.
+    let wc = client(&stack, &web).await;
+    let mut slow = Vec::new();
+    let mut limited = 0;
+    for _ in 0..35 {
+        let mut w = wc.watch(["db"]).unwrap();
+        match timeout(Duration::from_secs(5), w.next()).await {
+            Ok(Some(Ok(_))) => slow.push(w),
+            Ok(Some(Err(e))) if e.code() == Code::ResourceExhausted => limited += 1,
+            other => panic!("unexpected: {:?}", other.map(|o| o.map(|r| r.map(|e| e.kind)))),
+        }
+    }
+    assert_eq!((slow.len(), limited), (30, 5), "30 streams per peer, then RESOURCE_EXHAUSTED");
+    for v in 0..30 {
+        stack.seal("shop", "db", "shop", "web", &format!(r#"{{"password":"p{v}","pad":"{}"}}"#, "x".repeat(4096)));
+    }
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let kib: u64 =
+        rss.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(kib < 128 * 1024, "memory stays bounded: {kib} KiB");
+
+    // Through all of it the agent stayed up and the rightful caller is served.
+    let (served, err) = rightful("db");
+    assert!(served, "{err}");
+    assert!(stack.metric("vaultlet_refused_connections_total") >= 250.0);
+}
