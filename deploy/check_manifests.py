@@ -79,14 +79,15 @@ def client_default(rust_file: str, name: str) -> str:
 
 
 def rust_struct(name: str) -> str:
-    """The body of `struct NAME { ... }` somewhere under agent/src."""
+    """The body of `struct NAME { ... }` somewhere under agent/src or parse/src."""
     bodies = []
-    for path in sorted((ROOT / "agent/src").rglob("*.rs")):
-        m = re.search(rf"\bstruct {name} \{{\n(.*?)\n\}}", path.read_text(), re.S)
-        if m:
-            bodies.append(m.group(1))
+    for crate in ("agent/src", "parse/src"):
+        for path in sorted((ROOT / crate).rglob("*.rs")):
+            m = re.search(rf"\bstruct {name} \{{\n(.*?)\n\}}", path.read_text(), re.S)
+            if m:
+                bodies.append(m.group(1))
     if len(bodies) != 1:
-        fail(f"agent/src: expected one `struct {name}`, found {len(bodies)}")
+        fail(f"agent/src, parse/src: expected one `struct {name}`, found {len(bodies)}")
     return bodies[0]
 
 
@@ -113,7 +114,8 @@ def flags_of(body: str) -> Set[str]:
         if any("flatten" in a for a in attrs):
             flags |= flags_of(rust_struct(typ))
             continue
-        longs = [a for a in attrs if re.match(r"#\[arg\(.*\blong\b", a)]
+        # `#[arg(long ...)]`, or `#[cfg_attr(feature = "cli", arg(long ...))]` (parse/src).
+        longs = [a for a in attrs if re.match(r'#\[(cfg_attr\(feature = "cli", )?arg\(.*\blong\b', a)]
         if not longs:
             continue  # a positional argument or the subcommand
         explicit = re.search(r'\blong\s*=\s*"([^"]+)"', longs[0])

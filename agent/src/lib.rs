@@ -9,7 +9,6 @@ pub mod audit;
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod document;
 pub mod hub;
 pub mod hygiene;
 pub mod identity;

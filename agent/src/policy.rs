@@ -3,10 +3,9 @@
 //! `vaultlet.io/allowed-service-accounts` annotation lists it, and any secret
 //! an agent-wide policy file grants it (the only way across namespaces).
 
-use std::path::Path;
 use std::sync::Arc;
 
-use serde::Deserialize;
+pub use vaultlet_parse::policy_file::{Grant, PolicyFile, PolicyFileError};
 
 use crate::identity::Caller;
 use crate::secret::SecretId;
@@ -29,57 +28,6 @@ pub enum Policy {
     Kubernetes { source: Arc<dyn SecretSource>, grants: Vec<Grant> },
 }
 
-/// The policy file: `grants: [{from: [NS/SA, ...], secrets: [NS/NAME, ...]}]`,
-/// where either part of a pattern may use `*` (`payments/*`, `shared/db-*`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyFile {
-    #[serde(default)]
-    pub grants: Vec<Grant>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Grant {
-    pub from: Vec<String>,
-    pub secrets: Vec<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyFileError {
-    #[error("policy file {0}: {1}")]
-    Read(String, std::io::Error),
-    #[error("policy file {0}: {1}")]
-    Parse(String, String),
-    #[error("policy file {0}: grant {1}: {2:?} is not NAMESPACE/NAME (either part may use *)")]
-    Pattern(String, usize, String),
-}
-
-impl PolicyFile {
-    pub fn load(path: &Path) -> Result<PolicyFile, PolicyFileError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyFileError::Read(name.clone(), e))?;
-        let file: PolicyFile = if text.trim().is_empty() {
-            PolicyFile::default()
-        } else {
-            serde_saphyr::from_str(&text).map_err(|e| PolicyFileError::Parse(name.clone(), e.to_string()))?
-        };
-        for (i, g) in file.grants.iter().enumerate() {
-            if let Some(bad) = g.from.iter().chain(&g.secrets).find(|p| !is_pattern(p)) {
-                return Err(PolicyFileError::Pattern(name, i + 1, bad.clone()));
-            }
-        }
-        Ok(file)
-    }
-}
-
-impl Grant {
-    fn covers(&self, caller_ns: &str, sa: &str, id: &SecretId) -> bool {
-        self.from.iter().any(|p| matches_pair(p, caller_ns, sa))
-            && self.secrets.iter().any(|p| matches_pair(p, &id.namespace, &id.name))
-    }
-}
-
 impl Policy {
     pub fn check(&self, caller: &Caller, id: &SecretId) -> Result<(), Denied> {
         let (source, grants) = match self {
@@ -89,7 +37,7 @@ impl Policy {
         let Some(sa) = caller.service_account.as_deref() else {
             return Err(deny(caller, id, "the caller has no ServiceAccount".into()));
         };
-        if grants.iter().any(|g| g.covers(&caller.namespace, sa, id)) {
+        if grants.iter().any(|g| g.covers(&caller.namespace, sa, &id.namespace, &id.name)) {
             return Ok(());
         }
         let reason = if caller.namespace != id.namespace {
@@ -116,29 +64,6 @@ fn deny(caller: &Caller, id: &SecretId, reason: String) -> Denied {
         None => format!("a caller of namespace {}", caller.namespace),
     };
     Denied { caller: who, secret: id.to_string(), reason }
-}
-
-fn is_pattern(p: &str) -> bool {
-    matches!(p.split_once('/'), Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains('/'))
-}
-
-fn matches_pair(pattern: &str, first: &str, second: &str) -> bool {
-    pattern.split_once('/').is_some_and(|(a, b)| glob(a, first) && glob(b, second))
-}
-
-/// `*` matches any run of characters; everything else matches itself.
-fn glob(pattern: &str, text: &str) -> bool {
-    let Some((head, rest)) = pattern.split_once('*') else { return pattern == text };
-    let Some(mut remaining) = text.strip_prefix(head) else { return false };
-    let mut parts: Vec<&str> = rest.split('*').collect();
-    let tail = parts.pop().unwrap_or("");
-    for part in parts {
-        match remaining.find(part) {
-            Some(i) => remaining = &remaining[i + part.len()..],
-            None => return false,
-        }
-    }
-    remaining.len() >= tail.len() && remaining.ends_with(tail)
 }
 
 #[cfg(test)]
@@ -206,27 +131,5 @@ mod tests {
         assert!(p.check(&caller("billing", "anyone"), &SecretId::new("shared", "tls")).is_ok());
         assert!(p.check(&caller("payments", "worker"), &SecretId::new("shared", "db-main")).is_err());
         assert!(p.check(&caller("payments", "api"), &SecretId::new("shared", "cache")).is_err());
-    }
-
-    #[test]
-    fn globs() {
-        for (p, t) in [("*", ""), ("*", "abc"), ("db-*", "db-1"), ("*-db", "x-db"), ("a*c*e", "abcde"), ("x", "x")] {
-            assert!(glob(p, t), "{p} {t}");
-        }
-        for (p, t) in [("db-*", "dbx"), ("*-db", "db"), ("a*c*e", "abcd"), ("x", "y"), ("a*a", "a")] {
-            assert!(!glob(p, t), "{p} {t}");
-        }
-    }
-
-    #[test]
-    fn policy_files_are_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("p.yaml");
-        std::fs::write(&f, "grants:\n  - from: [payments/api]\n    secrets: [shared/db]\n").unwrap();
-        assert_eq!(PolicyFile::load(&f).unwrap().grants.len(), 1);
-        std::fs::write(&f, "grants:\n  - from: [payments]\n    secrets: [shared/db]\n").unwrap();
-        assert!(PolicyFile::load(&f).unwrap_err().to_string().contains("\"payments\""));
-        std::fs::write(&f, "grant: []\n").unwrap();
-        assert!(PolicyFile::load(&f).is_err());
     }
 }

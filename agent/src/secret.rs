@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use vaultlet_client::SecretRef;
-use vaultlet_client::proto::Format;
-
-use crate::document::Document;
+use vaultlet_client::proto;
+use vaultlet_parse::document::{Document, Format};
 
 /// A secret's identity: a Kubernetes Secret (or, in dev mode, a document group).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,8 +75,19 @@ pub struct View<'a> {
     /// Set when the reference names exactly one document and no field subset.
     pub raw: Option<&'a [u8]>,
     pub key_version: u32,
-    /// The documents' common format (unspecified when they differ).
-    pub format: Format,
+    /// The documents' common format (none when they differ).
+    pub format: Option<Format>,
+}
+
+/// A document format as the wire names it.
+pub fn wire_format(f: Option<Format>) -> proto::Format {
+    match f {
+        Some(Format::Json) => proto::Format::Json,
+        Some(Format::Yaml) => proto::Format::Yaml,
+        Some(Format::Env) => proto::Format::Env,
+        Some(Format::Raw) => proto::Format::Raw,
+        None => proto::Format::Unspecified,
+    }
 }
 
 impl SecretVersion {
@@ -119,8 +129,8 @@ impl SecretVersion {
         let docs = self.selected(id, r)?;
         let key_version = docs.iter().map(|(_, dv)| dv.key_version).max().unwrap_or(0);
         let format = match docs.split_first() {
-            Some(((_, first), rest)) if rest.iter().all(|(_, dv)| dv.format == first.format) => first.format,
-            _ => Format::Unspecified,
+            Some(((_, first), rest)) if rest.iter().all(|(_, dv)| dv.format == first.format) => Some(first.format),
+            _ => None,
         };
         let mut merged: BTreeMap<&'a str, (&'a str, &'a SecretString)> = BTreeMap::new();
         for (key, dv) in &docs {

@@ -28,7 +28,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::metrics::{CallLabels, DecisionLabels, Metrics};
 use crate::policy::{Denied, Policy};
-use crate::secret::{ProjectionError, SecretId, SecretVersion};
+use crate::secret::{ProjectionError, SecretId, SecretVersion, wire_format};
 use crate::source::Unavailable;
 
 /// Most references in one request.
@@ -354,7 +354,7 @@ fn encode(id: &SecretId, r: &SecretRef, version: &SecretVersion) -> Result<proto
         key_version: view.key_version,
         values: view.values.iter().map(|(k, v)| ((*k).to_owned(), v.expose_secret().to_owned())).collect(),
         raw: view.raw.map(<[u8]>::to_vec).unwrap_or_default(),
-        format: view.format as i32,
+        format: wire_format(view.format) as i32,
     })
 }
 

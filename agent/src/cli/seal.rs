@@ -10,14 +10,13 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
-use vaultlet_client::proto::Format;
 use vaultlet_client::reference::{is_data_key, is_dns_label, is_dns_subdomain};
 use zeroize::Zeroizing;
 
 use super::CmdResult;
 use super::vault::VaultArgs;
-use crate::document::{Document, MAX_DOCUMENT_BYTES};
 use crate::source::kube::convention::{self, ALLOWED_SERVICE_ACCOUNTS, FORMAT, MANAGED_LABEL, TRANSIT_KEY};
+use vaultlet_parse::document::{Document, Format, MAX_DOCUMENT_BYTES};
 
 /// Attempts at writing the Secret when someone else changes it meanwhile.
 const WRITE_ATTEMPTS: usize = 5;
@@ -90,7 +89,7 @@ pub async fn run(args: Args) -> CmdResult {
     let format = args.format.format();
     let data_key = args.data_key.clone().unwrap_or_else(|| match format {
         Format::Raw => "secrets".into(),
-        f => format!("secrets.{}", convention::format_name(f)),
+        f => format!("secrets.{}", f.name()),
     });
     check_names(&args, &data_key)?;
 
@@ -177,7 +176,7 @@ async fn write(
         secret.metadata.labels.get_or_insert_with(BTreeMap::new).insert(MANAGED_LABEL.into(), "true".into());
         let annotations = secret.metadata.annotations.get_or_insert_with(BTreeMap::new);
         annotations.insert(TRANSIT_KEY.into(), args.transit_key.clone());
-        annotations.insert(FORMAT.into(), convention::format_name(format).into());
+        annotations.insert(FORMAT.into(), format.name().into());
         if let Some(allow) = &args.allow {
             annotations.insert(ALLOWED_SERVICE_ACCOUNTS.into(), allow.join(","));
         }
@@ -220,7 +219,7 @@ fn check_compatible(s: &Secret, what: &str, args: &Args, data_key: &str, format:
         ));
     }
     let existing = convention::annotation(s, FORMAT).unwrap_or("json");
-    if existing != convention::format_name(format) {
+    if existing != format.name() {
         return Err(format!("{what} holds other data keys of format {existing}; one Secret has one format"));
     }
     Ok(())

@@ -39,7 +39,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> CmdResult {
-    let config = args.settings.resolve()?;
+    let config = crate::config::resolve(args.settings)?;
     crate::hygiene::check_socket_dir(&config.socket)?;
     crate::hygiene::harden();
     crate::hygiene::raise_open_files_limit();

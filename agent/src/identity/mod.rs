@@ -8,16 +8,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-pub mod cgroup;
 pub mod peer;
 pub mod pods;
 pub mod review;
-pub mod token;
 
 use peer::{Peer, PeerPod};
 use pods::NodePods;
 use review::{ReviewError, Reviewed, Reviewer};
-use token::TokenError;
+pub use vaultlet_parse::config::PeerBinding;
+use vaultlet_parse::token::{self, TokenError};
 
 /// The authenticated caller of a request (shared by the calls of a connection
 /// that present the same token).
@@ -74,18 +73,6 @@ impl AuthError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, AuthError::Review(ReviewError::Unavailable(_)))
     }
-}
-
-/// What to do when the token's pod is not the calling process's pod.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PeerBinding {
-    /// Refuse the call.
-    Enforce,
-    /// Log it and serve the call (for a first rollout).
-    Warn,
-    /// Do not look.
-    Off,
 }
 
 /// How callers are authenticated.

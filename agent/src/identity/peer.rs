@@ -15,7 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 use tonic::transport::server::Connected;
 
-use super::{Caller, cgroup};
+use vaultlet_parse::cgroup;
+
+use super::Caller;
 use crate::limits::Slot;
 
 /// Who connected.

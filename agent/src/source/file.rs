@@ -15,12 +15,11 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
-use vaultlet_client::proto::Format;
 use vaultlet_client::reference::{is_dns_label, is_dns_subdomain};
 
 use super::{ChangeSender, Loaded, SecretSource, Unavailable};
-use crate::document::{Document, MAX_DOCUMENT_BYTES};
 use crate::secret::{DocumentVersion, SecretId, SecretVersion};
+use vaultlet_parse::document::{Document, Format, MAX_DOCUMENT_BYTES};
 
 pub const DEFAULT_NAMESPACE: &str = "default";
 const EXTENSIONS: [(&str, Format); 4] =

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
-use vaultlet_client::proto::Format;
+use vaultlet_parse::document::Format;
 
 /// Only Secrets with this label are watched.
 pub const MANAGED_LABEL: &str = "vaultlet.io/managed";
@@ -48,7 +48,7 @@ pub fn read(secret: &Secret) -> Result<Managed<'_>, ConventionError> {
     }
     let format = match annotation(secret, FORMAT) {
         None => Format::Json,
-        Some(f) => parse_format(f).ok_or_else(|| ConventionError::BadFormat(f.to_owned()))?,
+        Some(f) => Format::parse(f).ok_or_else(|| ConventionError::BadFormat(f.to_owned()))?,
     };
     let data = secret.data.as_ref().filter(|d| !d.is_empty()).ok_or(ConventionError::NoData)?;
     let ciphertexts = data
@@ -64,25 +64,6 @@ pub fn read(secret: &Secret) -> Result<Managed<'_>, ConventionError> {
 /// The service accounts the annotation lists, or `None` without the annotation.
 pub fn allowed_service_accounts(secret: &Secret) -> Option<impl Iterator<Item = &str>> {
     annotation(secret, ALLOWED_SERVICE_ACCOUNTS).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()))
-}
-
-pub fn parse_format(s: &str) -> Option<Format> {
-    match s {
-        "json" => Some(Format::Json),
-        "yaml" => Some(Format::Yaml),
-        "env" => Some(Format::Env),
-        "raw" => Some(Format::Raw),
-        _ => None,
-    }
-}
-
-pub fn format_name(f: Format) -> &'static str {
-    match f {
-        Format::Yaml => "yaml",
-        Format::Env => "env",
-        Format::Raw => "raw",
-        Format::Json | Format::Unspecified => "json",
-    }
 }
 
 /// Transit key names as Vault accepts them in a path segment.

@@ -17,10 +17,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use super::{Access, ChangeSender, Loaded, SecretSource, Unavailable};
-use crate::document::Document;
 use crate::metrics::Metrics;
 use crate::secret::{DocumentVersion, SecretId, SecretVersion};
 use crate::transit::Transit;
+use vaultlet_parse::document::Document;
 
 pub mod convention;
 

@@ -56,7 +56,7 @@ mod tests {
 
     macro_rules! fixture {
         ($name:literal) => {
-            include_str!(concat!("../../tests/fixtures/cgroup/", $name, ".txt"))
+            include_str!(concat!("../tests/fixtures/cgroup/", $name, ".txt"))
         };
     }
 

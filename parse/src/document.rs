@@ -5,8 +5,38 @@
 use std::collections::BTreeMap;
 
 use secrecy::{SecretBox, SecretString};
-use vaultlet_client::proto::Format;
 use zeroize::Zeroize;
+
+/// How a document's text is read (the `vaultlet.io/format` annotation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Format {
+    Json,
+    Yaml,
+    Env,
+    /// Not parsed: the document has its text and no fields.
+    Raw,
+}
+
+impl Format {
+    pub fn parse(name: &str) -> Option<Format> {
+        match name {
+            "json" => Some(Format::Json),
+            "yaml" => Some(Format::Yaml),
+            "env" => Some(Format::Env),
+            "raw" => Some(Format::Raw),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Yaml => "yaml",
+            Format::Env => "env",
+            Format::Raw => "raw",
+        }
+    }
+}
 
 /// Largest document accepted (a Kubernetes Secret holds at most 1 MiB).
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -61,7 +91,7 @@ fn parse_values(format: Format, text: &[u8]) -> Result<BTreeMap<String, SecretSt
     }
     match format {
         Format::Raw => Ok(BTreeMap::new()),
-        Format::Json | Format::Unspecified => {
+        Format::Json => {
             let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| {
                 DocumentError::Json(format!("{} at line {}, column {}", json_error_kind(&e), e.line(), e.column()))
             })?;
