@@ -21,6 +21,15 @@ pub struct Denied {
     pub reason: String,
 }
 
+/// Why a read is not allowed now.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error("the agent is starting: it has not listed the cluster's Secrets yet; retry in a moment")]
+    NotReady,
+}
+
 pub enum Policy {
     /// Development mode: everything is readable.
     AllowAll,
@@ -29,13 +38,13 @@ pub enum Policy {
 }
 
 impl Policy {
-    pub fn check(&self, caller: &Caller, id: &SecretId) -> Result<(), Denied> {
+    pub fn check(&self, caller: &Caller, id: &SecretId) -> Result<(), Refusal> {
         let (source, grants) = match self {
             Policy::AllowAll => return Ok(()),
             Policy::Kubernetes { source, grants } => (source, grants),
         };
         let Some(sa) = caller.service_account.as_deref() else {
-            return Err(deny(caller, id, "the caller has no ServiceAccount".into()));
+            return Err(deny(caller, id, "the caller has no ServiceAccount".into()).into());
         };
         if grants.iter().any(|g| g.covers(&caller.namespace, sa, &id.namespace, &id.name)) {
             return Ok(());
@@ -45,6 +54,7 @@ impl Policy {
         } else {
             match source.access(id, sa) {
                 Access::Allowed | Access::Unrestricted => return Ok(()),
+                Access::NotSynced => return Err(Refusal::NotReady),
                 Access::SecretAbsent => "no managed Secret of that name exists".to_owned(),
                 Access::NotAnnotated => {
                     "the Secret has no vaultlet.io/allowed-service-accounts annotation (nobody may read it)".to_owned()
@@ -54,7 +64,7 @@ impl Policy {
                 }
             }
         };
-        Err(deny(caller, id, reason))
+        Err(deny(caller, id, reason).into())
     }
 }
 
@@ -86,8 +96,16 @@ mod tests {
                 ("open", "web") => Access::Allowed,
                 ("open", _) => Access::NotListed,
                 ("bare", _) => Access::NotAnnotated,
+                ("starting", _) => Access::NotSynced,
                 _ => Access::SecretAbsent,
             }
+        }
+    }
+
+    fn denied(r: Result<(), Refusal>) -> Denied {
+        match r {
+            Err(Refusal::Denied(d)) => d,
+            other => panic!("expected a denial, got {other:?}"),
         }
     }
 
@@ -110,22 +128,28 @@ mod tests {
     fn annotations_decide_within_a_namespace() {
         let p = policy(&[]);
         assert!(p.check(&caller("app", "web"), &SecretId::new("app", "open")).is_ok());
-        let d = p.check(&caller("app", "worker"), &SecretId::new("app", "open")).unwrap_err();
+        let d = denied(p.check(&caller("app", "worker"), &SecretId::new("app", "open")));
         assert!(d.reason.contains("does not list worker"), "{}", d.reason);
-        let d = p.check(&caller("app", "web"), &SecretId::new("app", "bare")).unwrap_err();
+        let d = denied(p.check(&caller("app", "web"), &SecretId::new("app", "bare")));
         assert!(d.reason.contains("no vaultlet.io/allowed-service-accounts"), "{}", d.reason);
-        let d = p.check(&caller("app", "web"), &SecretId::new("app", "missing")).unwrap_err();
+        let d = denied(p.check(&caller("app", "web"), &SecretId::new("app", "missing")));
         assert!(d.reason.contains("no managed Secret"));
         // The caller's message is the same whether the secret exists or not.
-        let absent = p.check(&caller("app", "worker"), &SecretId::new("app", "missing")).unwrap_err().to_string();
-        let present = p.check(&caller("app", "worker"), &SecretId::new("app", "open")).unwrap_err().to_string();
+        let absent = denied(p.check(&caller("app", "worker"), &SecretId::new("app", "missing"))).to_string();
+        let present = denied(p.check(&caller("app", "worker"), &SecretId::new("app", "open"))).to_string();
         assert_eq!(absent.replace("missing", "X"), present.replace("open", "X"));
+    }
+
+    #[test]
+    fn before_the_source_has_listed_there_is_no_answer_either_way() {
+        let p = policy(&[]);
+        assert!(matches!(p.check(&caller("app", "web"), &SecretId::new("app", "starting")), Err(Refusal::NotReady)));
     }
 
     #[test]
     fn other_namespaces_need_a_grant() {
         let p = policy(&[(&["payments/api", "billing/*"], &["shared/db-*", "shared/tls"])]);
-        let d = p.check(&caller("app", "web"), &SecretId::new("other", "open")).unwrap_err();
+        let d = denied(p.check(&caller("app", "web"), &SecretId::new("other", "open")));
         assert!(d.reason.contains("no grant"), "{}", d.reason);
         assert!(p.check(&caller("payments", "api"), &SecretId::new("shared", "db-main")).is_ok());
         assert!(p.check(&caller("billing", "anyone"), &SecretId::new("shared", "tls")).is_ok());

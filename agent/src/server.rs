@@ -27,7 +27,7 @@ use crate::limits::{Admission, Refused};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::metrics::{CallLabels, DecisionLabels, Metrics};
-use crate::policy::{Denied, Policy};
+use crate::policy::{Denied, Policy, Refusal};
 use crate::secret::{ProjectionError, SecretId, SecretVersion, wire_format};
 use crate::source::Unavailable;
 
@@ -66,6 +66,8 @@ pub enum ServiceError {
     Unavailable { reference: String, error: Unavailable },
     #[error("{0}")]
     Limit(#[from] Refused),
+    #[error("the agent is starting: it has not listed the cluster's Secrets yet; retry in a moment")]
+    Starting,
 }
 
 impl From<ServiceError> for Status {
@@ -85,6 +87,7 @@ impl From<ServiceError> for Status {
             ServiceError::Undecodable { .. } => tonic::Code::FailedPrecondition,
             ServiceError::Unavailable { .. } => tonic::Code::Unavailable,
             ServiceError::Limit(_) => tonic::Code::ResourceExhausted,
+            ServiceError::Starting => tonic::Code::Unavailable,
         };
         Status::new(code, e.to_string())
     }
@@ -184,6 +187,7 @@ impl SecretsService {
         record.decision = match &outcome {
             Ok(_) => "allowed",
             Err(ServiceError::Unauthenticated(e)) if e.is_unavailable() => "unavailable",
+            Err(ServiceError::Starting) => "unavailable",
             Err(ServiceError::Unauthenticated(_)) => "unauthenticated",
             Err(ServiceError::Denied { .. }) => "denied",
             Err(_) => "invalid",
@@ -234,7 +238,11 @@ impl SecretsService {
     fn resolve(&self, caller: &Caller, index: usize, r: SecretRef) -> Result<(SecretId, SecretRef), ServiceError> {
         r.validate().map_err(|error| ServiceError::InvalidRef { index, error })?;
         let id = SecretId::new(&r.namespace, &r.name);
-        self.policy.check(caller, &id).map_err(|denied| ServiceError::Denied { reference: r.to_string(), denied })?;
+        match self.policy.check(caller, &id) {
+            Ok(()) => {}
+            Err(Refusal::Denied(denied)) => return Err(ServiceError::Denied { reference: r.to_string(), denied }),
+            Err(Refusal::NotReady) => return Err(ServiceError::Starting),
+        }
         Ok((id, r))
     }
 

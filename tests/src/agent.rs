@@ -138,3 +138,32 @@ fn spawn(args: &[String], env: &[(String, String)], log: Option<&Path>) -> Child
         .spawn()
         .expect("start vaultlet")
 }
+
+/// The agent a benchmark or soak runs is the build next to its own binary
+/// (release, for figures that mean something); run through cargo, it builds it
+/// first so the figures are of the current source.
+pub fn build_agent_for_this_profile() -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let profile_dir = me.parent().ok_or("no target directory")?;
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let release = profile_dir.ends_with("release");
+        eprintln!("building the agent ({})", if release { "release" } else { "debug" });
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "vaultlet"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().map_err(|e| format!("cargo build: {e}"))?;
+        if !status.success() {
+            return Err("building the agent failed".into());
+        }
+    }
+    if !profile_dir.ends_with("release") {
+        eprintln!("warning: not a release build: the figures will be of a debug agent");
+    }
+    let agent = profile_dir.join("vaultlet");
+    if !agent.exists() {
+        return Err(format!("{} not found: cargo build --release -p vaultlet", agent.display()));
+    }
+    Ok(())
+}

@@ -4,5 +4,6 @@ pub mod agent;
 pub mod bao;
 pub mod bench;
 pub mod cgroup;
+pub mod events;
 pub mod kube_api;
 pub mod stack;

@@ -215,14 +215,19 @@ impl Stack {
         cmd
     }
 
+    /// A client of the agent presenting `app`'s token.
+    pub async fn client(&self, app: &App) -> vaultlet_client::Client {
+        vaultlet_client::Client::connect(self.socket())
+            .await
+            .expect("connect to the agent")
+            .with_token_source(vaultlet_client::TokenSource::File(app.token_file.clone()))
+    }
+
     /// Waits until the agent serves `reference` to `app` (the agent sees a new
     /// Secret when its watch delivers it, a moment after the write). Needs an
     /// agent with peer binding off: this process is not in the app's pod.
     pub async fn wait_readable(&self, app: &App, reference: &str) {
-        let client = vaultlet_client::Client::connect(self.socket())
-            .await
-            .expect("connect to the agent")
-            .with_token_source(vaultlet_client::TokenSource::File(app.token_file.clone()));
+        let client = self.client(app).await;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             match client.get_secrets([reference]).await {

@@ -10,6 +10,7 @@ use secrecy::ExposeSecret;
 use tokio::time::timeout;
 use vaultlet_client::{Client, Event, EventKind, SecretRef, WatchStream};
 use vaultlet_tests::agent::{AgentProcess, vaultlet};
+use vaultlet_tests::events::{next_within, value};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -51,15 +52,7 @@ impl Fixture {
 }
 
 async fn next(events: &mut WatchStream) -> Event {
-    timeout(Duration::from_secs(10), events.next())
-        .await
-        .expect("an event within 10 s")
-        .expect("stream open")
-        .expect("event")
-}
-
-fn value(e: &Event, field: &str) -> String {
-    e.secret.values[field].expose_secret().to_owned()
+    next_within(events, Duration::from_secs(10)).await
 }
 
 #[test]

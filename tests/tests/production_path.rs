@@ -4,27 +4,14 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use secrecy::ExposeSecret;
-use tokio::time::timeout;
-use vaultlet_client::{Client, Code, Event, EventKind, TokenSource, WatchStream};
-use vaultlet_tests::stack::{App, Stack};
-
-async fn client(stack: &Stack, app: &App) -> Client {
-    Client::connect(stack.socket()).await.unwrap().with_token_source(TokenSource::File(app.token_file.clone()))
-}
+use vaultlet_client::{Code, Event, EventKind, WatchStream};
+use vaultlet_tests::events::{next_within, value};
+use vaultlet_tests::stack::Stack;
 
 async fn next(events: &mut WatchStream) -> Event {
-    timeout(Duration::from_secs(15), events.next())
-        .await
-        .expect("an event within 15 s")
-        .expect("stream open")
-        .expect("event")
-}
-
-fn value(e: &Event, field: &str) -> String {
-    e.secret.values[field].expose_secret().to_owned()
+    next_within(events, Duration::from_secs(15)).await
 }
 
 fn stored(stack: &Stack, ns: &str, name: &str) -> Secret {
@@ -50,7 +37,7 @@ async fn seal_get_recrypt_edit_delete() {
     assert_eq!(annotations["vaultlet.io/allowed-service-accounts"], "web");
 
     stack.wait_readable(&web, "db").await;
-    let c = client(&stack, &web).await;
+    let c = stack.client(&web).await;
     let got = c.get_secrets(["db"]).await.unwrap();
     assert_eq!(got["db"].values["password"].expose_secret(), "first-password");
     assert_eq!((got["db"].key_version, got["db"].reference.namespace.as_str()), (1, "shop"));
@@ -111,7 +98,7 @@ async fn many_concurrent_callers_cost_one_decrypt() {
     // Wait for the agent to see the Secret, without reading it (that would decrypt).
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let c = client(&stack, &web).await;
+    let c = stack.client(&web).await;
     let calls = (0..64).map(|_| {
         let c = c.clone();
         async move { c.get_secrets(["config"]).await }
@@ -131,10 +118,10 @@ async fn a_service_account_not_listed_is_denied() {
     stack.seal("shop", "db", "shop", "web", r#"{"password":"p"}"#);
     stack.wait_readable(&web, "db").await;
 
-    let err = client(&stack, &worker).await.get_secrets(["db"]).await.unwrap_err();
+    let err = stack.client(&worker).await.get_secrets(["db"]).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
     assert!(err.to_string().contains("serviceaccount shop/worker may not read secret shop/db"), "{err}");
-    let err = client(&stack, &worker).await.get_secrets(["missing"]).await.unwrap_err();
+    let err = stack.client(&worker).await.get_secrets(["missing"]).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "same answer for a Secret that does not exist: {err}");
 }
 

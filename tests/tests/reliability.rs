@@ -14,22 +14,11 @@ use tokio::time::timeout;
 use vaultlet_client::{Client, Code, Event, EventKind, SecretRef, TokenSource, WatchStream};
 use vaultlet_tests::agent::vaultlet_bin;
 use vaultlet_tests::cgroup::PodCgroup;
-use vaultlet_tests::stack::{App, Stack};
-
-async fn client(stack: &Stack, app: &App) -> Client {
-    Client::connect(stack.socket()).await.unwrap().with_token_source(TokenSource::File(app.token_file.clone()))
-}
+use vaultlet_tests::events::{next_within, value};
+use vaultlet_tests::stack::Stack;
 
 async fn next(events: &mut WatchStream) -> Event {
-    timeout(Duration::from_secs(20), events.next())
-        .await
-        .expect("an event within 20 s")
-        .expect("stream open")
-        .expect("event")
-}
-
-fn value(e: &Event, field: &str) -> String {
-    e.secret.values[field].expose_secret().to_owned()
+    next_within(events, Duration::from_secs(20)).await
 }
 
 /// Copies the data of `from` into `to` (both sealed under the same key): a new
@@ -56,7 +45,7 @@ async fn openbao_hung_or_down_never_hangs_a_caller_and_cached_secrets_stay_serve
         stack.seal("shop", name, "shop", "web", &format!(r#"{{"name":"{name}"}}"#));
     }
     stack.wait_readable(&web, "cached").await;
-    let c = client(&stack, &web).await;
+    let c = stack.client(&web).await;
     assert_eq!(stack.admin_get("/readyz").0, 200);
 
     stack.bao.hang();
@@ -109,7 +98,7 @@ async fn api_server_hangs_drops_and_expired_versions_lose_no_change() {
     }
     stack.seal("shop", "db", "shop", "web", r#"{"v":"0"}"#);
     stack.wait_readable(&web, "db").await;
-    let c = client(&stack, &web).await;
+    let c = stack.client(&web).await;
     let mut events = c.watch(["db"]).unwrap();
     assert_eq!(value(&next(&mut events).await, "v"), "0");
 
@@ -151,7 +140,7 @@ async fn a_killed_agent_comes_back_and_watches_resume_with_the_current_state() {
     let web = stack.app("shop", "web", "web-1");
     stack.seal("shop", "db", "shop", "web", r#"{"v":"1"}"#);
     stack.wait_readable(&web, "db").await;
-    let c = client(&stack, &web).await;
+    let c = stack.client(&web).await;
     let mut events = c.watch(["db"]).unwrap();
     let first = next(&mut events).await;
     assert_eq!((first.kind, value(&first, "v").as_str()), (EventKind::Snapshot, "1"));
@@ -163,7 +152,7 @@ async fn a_killed_agent_comes_back_and_watches_resume_with_the_current_state() {
     assert_eq!((e.kind, value(&e, "v").as_str()), (EventKind::Snapshot, "2"), "the current state, once");
     assert!(timeout(Duration::from_secs(1), events.next()).await.is_err(), "nothing repeated");
     // The socket path keeps working for new clients.
-    assert!(client(&stack, &web).await.get_secrets(["db"]).await.is_ok());
+    assert!(stack.client(&web).await.get_secrets(["db"]).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -173,7 +162,7 @@ async fn revisions_that_cannot_be_decoded_keep_the_last_good_values_and_recover(
     let web = stack.app("shop", "web", "web-1");
     stack.seal("shop", "db", "shop", "web", r#"{"password":"good"}"#);
     stack.wait_readable(&web, "db").await;
-    let c = client(&stack, &web).await;
+    let c = stack.client(&web).await;
     let mut events = c.watch(["db"]).unwrap();
     assert_eq!(next(&mut events).await.kind, EventKind::Snapshot);
 
@@ -317,7 +306,7 @@ async fn hostile_clients_do_not_take_the_agent_down() {
 
     // Watch streams beyond the per-peer limit are refused; a reader that never
     // reads holds nothing more while the secret keeps changing.
-    let wc = client(&stack, &web).await;
+    let wc = stack.client(&web).await;
     let mut slow = Vec::new();
     let mut limited = 0;
     for _ in 0..35 {

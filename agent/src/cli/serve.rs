@@ -114,13 +114,6 @@ pub async fn run(args: Args) -> CmdResult {
 /// is unreachable a login is retried every few seconds; once it answers, no
 /// probe runs (steady state makes no Vault call).
 fn watch_readiness(source: Arc<KubeSource>, transit: Arc<Transit>) -> ReadinessCheck {
-    let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = synced.clone();
-    tokio::spawn(async move {
-        source.synced().await;
-        flag.store(true, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!("Secret watch synced");
-    });
     let probe = transit.clone();
     tokio::spawn(async move {
         loop {
@@ -134,8 +127,8 @@ fn watch_readiness(source: Arc<KubeSource>, transit: Arc<Transit>) -> ReadinessC
     });
     Arc::new(move || {
         let mut waiting = Vec::new();
-        if !synced.load(std::sync::atomic::Ordering::Relaxed) {
-            waiting.push("the watch of managed Secrets has not synced yet".to_owned());
+        if !source.is_listed() {
+            waiting.push("the watch of managed Secrets has not listed them yet".to_owned());
         }
         if let Err(e) = transit.health() {
             waiting.push(format!("Vault/OpenBao at {}: {e}", transit.addr()));

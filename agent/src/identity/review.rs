@@ -14,6 +14,9 @@ use tokio::sync::OnceCell;
 use crate::metrics::Metrics;
 use vaultlet_parse::token::Claims;
 
+/// A caller waits at most this long for the API server to review its token.
+const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Bounds the cache however many distinct tokens arrive.
 const MAX_ENTRIES: usize = 8192;
 
@@ -138,10 +141,9 @@ impl Reviewer {
             spec: TokenReviewSpec { token: Some(token.to_owned()), audiences: Some(vec![self.audience.clone()]) },
             ..TokenReview::default()
         };
-        let answer = self
-            .api
-            .create(&PostParams::default(), &review)
+        let answer = tokio::time::timeout(REVIEW_TIMEOUT, self.api.create(&PostParams::default(), &review))
             .await
+            .map_err(|_| ReviewError::Unavailable(format!("no answer within {REVIEW_TIMEOUT:?}")))?
             .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
         let status = answer.status.unwrap_or_default();
         if status.authenticated != Some(true) {

@@ -43,6 +43,9 @@ pub enum Access {
     NotAnnotated,
     NotListed,
     Allowed,
+    /// The source has not listed its secrets yet (the agent is starting): no
+    /// answer either way.
+    NotSynced,
 }
 
 /// A backend needed to decode the secret cannot be reached; retrying may help.

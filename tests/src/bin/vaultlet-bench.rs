@@ -58,7 +58,7 @@ async fn main() -> ExitCode {
         None => {}
     }
     vaultlet::cli::install_crypto_provider();
-    if let Err(e) = ensure_release_agent() {
+    if let Err(e) = vaultlet_tests::agent::build_agent_for_this_profile() {
         eprintln!("vaultlet-bench: {e}");
         return ExitCode::FAILURE;
     }
@@ -95,32 +95,4 @@ async fn main() -> ExitCode {
     }
     eprintln!("vaultlet-bench: done in {:.0} s", started.elapsed().as_secs_f64());
     ExitCode::SUCCESS
-}
-
-/// The agent under test is the release build next to this binary; when run
-/// through cargo, build it first so the figures are of the current source.
-fn ensure_release_agent() -> Result<(), String> {
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let profile_dir = me.parent().ok_or("no target directory")?;
-    if let Ok(cargo) = std::env::var("CARGO") {
-        let release = profile_dir.ends_with("release");
-        eprintln!("vaultlet-bench: building the agent ({})", if release { "release" } else { "debug" });
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "vaultlet"]);
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().map_err(|e| format!("cargo build: {e}"))?;
-        if !status.success() {
-            return Err("building the agent failed".into());
-        }
-    }
-    if !profile_dir.ends_with("release") {
-        eprintln!("vaultlet-bench: warning: not a release build: figures will be of a debug agent");
-    }
-    let agent = profile_dir.join("vaultlet");
-    if !agent.exists() {
-        return Err(format!("{} not found: cargo build --release -p vaultlet", agent.display()));
-    }
-    Ok(())
 }

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -27,6 +28,9 @@ pub mod convention;
 pub struct KubeSource {
     /// One store for the whole cluster, or one per watched namespace.
     stores: HashMap<Option<String>, Store<Secret>>,
+    /// Set once every store has listed: before, an absent Secret may merely not
+    /// be listed yet, so the source answers nothing.
+    listed: Arc<AtomicBool>,
     transit: Arc<Transit>,
     metrics: Arc<Metrics>,
 }
@@ -54,15 +58,22 @@ impl KubeSource {
             tokio::spawn(announce(events, store.clone(), scope.clone(), changes.clone()));
             stores.insert(scope, store);
         }
-        KubeSource { stores, transit, metrics }
+        let listed = Arc::new(AtomicBool::new(false));
+        let (flag, waiting): (_, Vec<_>) = (listed.clone(), stores.values().cloned().collect());
+        tokio::spawn(async move {
+            for store in waiting {
+                // Fails only when the writer is gone, i.e. at shutdown.
+                let _ = store.wait_until_ready().await;
+            }
+            flag.store(true, Ordering::Release);
+            tracing::info!("the watch of managed Secrets has listed them");
+        });
+        KubeSource { stores, listed, transit, metrics }
     }
 
-    /// Resolves once every watch has listed its Secrets.
-    pub async fn synced(&self) {
-        for store in self.stores.values() {
-            // Fails only when the writer is gone, i.e. at shutdown.
-            let _ = store.wait_until_ready().await;
-        }
+    /// True once every watch has listed its Secrets.
+    pub fn is_listed(&self) -> bool {
+        self.listed.load(Ordering::Acquire)
     }
 
     fn secret(&self, id: &SecretId) -> Option<Arc<Secret>> {
@@ -108,6 +119,9 @@ impl KubeSource {
 impl SecretSource for KubeSource {
     fn load<'a>(&'a self, id: &'a SecretId, known: Option<&'a str>) -> BoxFuture<'a, Result<Loaded, Unavailable>> {
         async move {
+            if !self.listed.load(Ordering::Acquire) {
+                return Err(Unavailable("the agent is starting: its watch of Secrets has not listed them yet".into()));
+            }
             let Some(secret) = self.secret(id) else { return Ok(Loaded::Absent) };
             let revision = secret.metadata.resource_version.clone().unwrap_or_default();
             if known == Some(revision.as_str()) {
@@ -123,6 +137,9 @@ impl SecretSource for KubeSource {
     }
 
     fn access(&self, id: &SecretId, service_account: &str) -> Access {
+        if !self.listed.load(Ordering::Acquire) {
+            return Access::NotSynced;
+        }
         let Some(secret) = self.secret(id) else { return Access::SecretAbsent };
         match convention::allowed_service_accounts(&secret) {
             None => Access::NotAnnotated,
