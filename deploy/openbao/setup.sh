@@ -112,18 +112,17 @@ v write "auth/$AUTH_MOUNT/config" \
     "${reviewer[@]}" >/dev/null
 
 echo "roles: vaultlet-agent ($AGENT_NAMESPACE/$AGENT_SERVICE_ACCOUNT, ttl $AGENT_TOKEN_TTL), vaultlet-recrypt ($AGENT_NAMESPACE/$RECRYPT_SERVICE_ACCOUNT, ttl $RECRYPT_TOKEN_TTL)"
-v write "auth/$AUTH_MOUNT/role/vaultlet-agent" \
-    bound_service_account_names="$AGENT_SERVICE_ACCOUNT" \
-    bound_service_account_namespaces="$AGENT_NAMESPACE" \
-    ${TOKEN_AUDIENCE:+audience="$TOKEN_AUDIENCE"} \
-    token_policies=vaultlet-agent \
-    token_ttl="$AGENT_TOKEN_TTL" token_max_ttl="$AGENT_TOKEN_TTL" \
-    token_type=service >/dev/null
-v write "auth/$AUTH_MOUNT/role/vaultlet-recrypt" \
-    bound_service_account_names="$RECRYPT_SERVICE_ACCOUNT" \
-    bound_service_account_namespaces="$AGENT_NAMESPACE" \
-    ${TOKEN_AUDIENCE:+audience="$TOKEN_AUDIENCE"} \
-    token_policies=vaultlet-recrypt \
-    token_ttl="$RECRYPT_TOKEN_TTL" token_max_ttl="$RECRYPT_TOKEN_TTL" \
-    token_type=service >/dev/null
+# role NAME SERVICE_ACCOUNT TTL: a role of the agent's namespace whose tokens
+# carry only the policy of the same name, for TTL.
+role() {
+    v write "auth/$AUTH_MOUNT/role/$1" \
+        bound_service_account_names="$2" \
+        bound_service_account_namespaces="$AGENT_NAMESPACE" \
+        ${TOKEN_AUDIENCE:+audience="$TOKEN_AUDIENCE"} \
+        token_policies="$1" \
+        token_ttl="$3" token_max_ttl="$3" \
+        token_type=service >/dev/null
+}
+role vaultlet-agent "$AGENT_SERVICE_ACCOUNT" "$AGENT_TOKEN_TTL"
+role vaultlet-recrypt "$RECRYPT_SERVICE_ACCOUNT" "$RECRYPT_TOKEN_TTL"
 echo "done"
