@@ -46,8 +46,13 @@ impl Stack {
     /// Starts the API server and OpenBao, and configures OpenBao with the
     /// deploy script for Transit keys `keys`.
     pub async fn start(keys: &[&str]) -> Stack {
+        Self::start_with(keys, Options::default()).await
+    }
+
+    /// `start`, with the API test server started with `options`.
+    pub async fn start_with(keys: &[&str], options: Options) -> Stack {
         let dir = tempfile::tempdir().expect("temp dir");
-        let kube = KubeApiServer::start(Options::default()).await.expect("API test server");
+        let kube = KubeApiServer::start(options).await.expect("API test server");
         let kubeconfig = dir.path().join("kubeconfig");
         kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
         let bao = Bao::start(dir.path());

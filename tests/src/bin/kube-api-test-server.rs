@@ -75,6 +75,11 @@ struct Args {
     /// Shortest expirationSeconds a TokenRequest may ask for (a real server: 10m).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     min_token_expiration: Duration,
+
+    /// Issue pod-bound tokens without the pod's node, as clusters before
+    /// Kubernetes 1.30 do (TokenReview then reports no node-name).
+    #[arg(long)]
+    no_pod_node_info: bool,
 }
 
 #[tokio::main]
@@ -105,6 +110,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         bookmark_interval: args.bookmark_interval,
         history_size: args.history_size,
         min_token_expiration: args.min_token_expiration,
+        pod_node_info: !args.no_pod_node_info,
     };
     let server = KubeApiServer::start(options).await?;
     println!("{}", server.url());

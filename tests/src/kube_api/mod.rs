@@ -108,6 +108,10 @@ pub struct Options {
     /// The shortest lifetime a TokenRequest may ask for; 10 minutes on a real server.
     /// The library's `mint_token` is not bound by it.
     pub min_token_expiration: Duration,
+    /// Whether a pod-bound token names the pod's node, and TokenReview reports it
+    /// (the `ServiceAccountTokenPodNodeInfo` feature, on since Kubernetes 1.30).
+    /// Off, the server acts as an older cluster does.
+    pub pod_node_info: bool,
 }
 
 impl Default for Options {
@@ -119,6 +123,7 @@ impl Default for Options {
             bookmark_interval: Duration::from_secs(1),
             history_size: 1000,
             min_token_expiration: Duration::from_secs(600),
+            pod_node_info: true,
         }
     }
 }
@@ -182,6 +187,7 @@ impl KubeApiServer {
             requests: requests::RequestCounts::default(),
             bookmark_interval: options.bookmark_interval,
             min_token_expiration: options.min_token_expiration,
+            pod_node_info: options.pod_node_info,
             shutdown: stopped.clone(),
         });
         let server = Self { task: tokio::spawn(server::run(listener, state.clone(), stopped)), state, addr, stop };

@@ -23,5 +23,7 @@ pub struct State {
     pub bookmark_interval: Duration,
     /// The shortest `expirationSeconds` a TokenRequest may ask for (600 on a real server).
     pub min_token_expiration: Duration,
+    /// Pod-bound tokens name the pod's node (Kubernetes 1.30 and later).
+    pub pod_node_info: bool,
     pub shutdown: watch::Receiver<bool>,
 }

@@ -80,7 +80,7 @@ pub fn issue(state: &State, grant: &Grant<'_>) -> Result<(String, i64), ApiError
                     )));
                 }
                 // Without a Node object the claim keeps the name alone, as a real server does.
-                claims.node = spec.node_name.filter(|n| !n.is_empty()).map(|node_name| {
+                claims.node = spec.node_name.filter(|n| state.pod_node_info && !n.is_empty()).map(|node_name| {
                     match state.store.get(Kind::Node, "", &node_name).and_then(Node::from_object) {
                         Some(node) => reference(&node.metadata),
                         None => ObjectRef { name: node_name, uid: String::new() },
