@@ -4,11 +4,15 @@
 //! state: readers take the latest value without waiting, and subscribers (see
 //! `hub`) are woken once per change however many there are. A change is loaded
 //! and decoded once, by the refresh task, never per reader.
+//!
+//! Plaintext is not kept forever: a secret nobody watches and nobody has read
+//! for the idle TTL is dropped (its buffers zeroize on drop), and the next read
+//! decrypts it again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use tokio::sync::{Mutex, OnceCell, watch};
@@ -18,7 +22,7 @@ use crate::source::{ChangeReceiver, Loaded, SecretSource, Unavailable};
 
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(30);
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
+const SWEEP_EVERY_AT_MOST: Duration = Duration::from_secs(60);
 
 /// What is known of a secret now.
 pub enum SecretState {
@@ -56,22 +60,53 @@ impl SecretState {
     }
 }
 
-#[derive(Default)]
 struct Entry {
     state: OnceCell<watch::Sender<Arc<SecretState>>>,
+    /// Bumped whenever the source announces a change of the secret, before it
+    /// is loaded: an annotation edit may change who may read it, even when no
+    /// new value follows.
+    touched: watch::Sender<u64>,
     /// Serializes loads of one secret, so an older load never overwrites a newer.
     loading: Mutex<()>,
     retries: AtomicU32,
+    /// When it was last read, in milliseconds since the cache started.
+    last_read: AtomicU64,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            state: OnceCell::new(),
+            touched: watch::Sender::new(0),
+            loading: Mutex::new(()),
+            retries: AtomicU32::new(0),
+            last_read: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What a subscriber follows of one secret: its states, and the announcements
+/// of changes to it (see `Entry::touched`).
+pub struct Subscription {
+    pub states: watch::Receiver<Arc<SecretState>>,
+    pub touched: watch::Receiver<u64>,
 }
 
 pub struct Cache {
     source: Arc<dyn SecretSource>,
     entries: RwLock<HashMap<SecretId, Arc<Entry>>>,
+    idle_ttl: Duration,
+    started: Instant,
 }
 
 impl Cache {
-    pub fn new(source: Arc<dyn SecretSource>) -> Arc<Cache> {
-        Arc::new(Cache { source, entries: RwLock::default() })
+    /// A cache over `source` that drops a secret nobody watched or read for `idle_ttl`.
+    pub fn new(source: Arc<dyn SecretSource>, idle_ttl: Duration) -> Arc<Cache> {
+        Arc::new(Cache { source, entries: RwLock::default(), idle_ttl, started: Instant::now() })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     pub fn source(&self) -> &dyn SecretSource {
@@ -81,20 +116,28 @@ impl Cache {
     /// The current state of `id`, loading it on first use (one load in flight
     /// per secret, however many callers wait for it).
     pub async fn state(&self, id: &SecretId) -> Result<Arc<SecretState>, Unavailable> {
-        Ok(self.sender(id).await?.borrow().clone())
+        let entry = self.entry(id);
+        entry.last_read.store(self.now_ms(), Ordering::Relaxed);
+        Ok(self.sender(&entry, id).await?.borrow().clone())
     }
 
-    /// A receiver that sees every later state of `id` (the latest, when it lags).
-    pub async fn subscribe(&self, id: &SecretId) -> Result<watch::Receiver<Arc<SecretState>>, Unavailable> {
-        Ok(self.sender(id).await?.subscribe())
+    /// Receivers that see every later state of `id` (the latest, when they
+    /// lag) and every announced change of it.
+    pub async fn subscribe(&self, id: &SecretId) -> Result<Subscription, Unavailable> {
+        let entry = self.entry(id);
+        let states = self.sender(&entry, id).await?.subscribe();
+        Ok(Subscription { states, touched: entry.touched.subscribe() })
     }
 
-    async fn sender(&self, id: &SecretId) -> Result<watch::Sender<Arc<SecretState>>, Unavailable> {
+    fn entry(&self, id: &SecretId) -> Arc<Entry> {
         let existing = self.entries.read().expect("cache lock").get(id).cloned();
-        let entry = match existing {
+        match existing {
             Some(e) => e,
             None => self.entries.write().expect("cache lock").entry(id.clone()).or_default().clone(),
-        };
+        }
+    }
+
+    async fn sender(&self, entry: &Entry, id: &SecretId) -> Result<watch::Sender<Arc<SecretState>>, Unavailable> {
         if let Some(tx) = entry.state.get() {
             return Ok(tx.clone());
         }
@@ -119,7 +162,8 @@ impl Cache {
     /// Follows the source's change announcements until it closes. Secrets nobody
     /// asked for are skipped: they cost nothing until first read.
     pub async fn run_refresh(self: Arc<Self>, mut changes: ChangeReceiver) {
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        let every = (self.idle_ttl / 2).clamp(Duration::from_millis(100), SWEEP_EVERY_AT_MOST);
+        let mut sweep = tokio::time::interval(every);
         loop {
             tokio::select! {
                 id = changes.recv() => match id {
@@ -141,6 +185,7 @@ impl Cache {
             let Some(entry) = self.entries.read().expect("cache lock").get(&id).cloned() else {
                 return;
             };
+            entry.touched.send_modify(|n| *n += 1);
             let _serial = entry.loading.lock().await;
             let Some(tx) = entry.state.get() else { return };
             let current = tx.borrow().clone();
@@ -181,12 +226,17 @@ impl Cache {
         })
     }
 
-    /// Forgets absent secrets nobody watches (so asking for random names cannot
-    /// grow memory without bound) and entries whose first load failed.
+    /// Forgets secrets nobody watches that are absent (so asking for random
+    /// names cannot grow memory without bound) or idle past the TTL (their
+    /// plaintext is zeroized as it drops), and entries whose first load failed.
     fn sweep(&self) {
+        let idle_since = self.now_ms().saturating_sub(self.idle_ttl.as_millis() as u64);
         self.entries.write().expect("cache lock").retain(|_, e| match e.state.get() {
             None => Arc::strong_count(e) > 1,
-            Some(tx) => !matches!(**tx.borrow(), SecretState::Absent) || tx.receiver_count() > 0,
+            Some(tx) if tx.receiver_count() > 0 => true,
+            Some(tx) => {
+                !matches!(**tx.borrow(), SecretState::Absent) && e.last_read.load(Ordering::Relaxed) >= idle_since
+            }
         });
     }
 
@@ -260,7 +310,7 @@ mod tests {
         let src = Arc::new(Scripted::default());
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
-        let cache = Cache::new(src.clone());
+        let cache = Cache::new(src.clone(), Duration::from_secs(600));
         let reads = (0..50).map(|_| cache.state(&id));
         for state in futures::future::join_all(reads).await {
             assert_eq!(values(&state.unwrap()), "a=1");
@@ -273,8 +323,8 @@ mod tests {
         let src = Arc::new(Scripted::default());
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
-        let cache = Cache::new(src.clone());
-        let mut rx = cache.subscribe(&id).await.unwrap();
+        let cache = Cache::new(src.clone(), Duration::from_secs(600));
+        let mut rx = cache.subscribe(&id).await.unwrap().states;
         let first = rx.borrow_and_update().clone();
 
         // Same revision: nothing is decoded, nothing published.
@@ -305,7 +355,7 @@ mod tests {
         let src = Arc::new(Scripted::default());
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
-        let cache = Cache::new(src.clone());
+        let cache = Cache::new(src.clone(), Duration::from_secs(600));
         cache.state(&id).await.unwrap();
         src.set(&id, "2", "ignored");
         *src.broken.lock().unwrap() = true;
@@ -328,8 +378,8 @@ mod tests {
         let src = Arc::new(Scripted::default());
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
-        let cache = Cache::new(src.clone());
-        let mut rx = cache.subscribe(&id).await.unwrap();
+        let cache = Cache::new(src.clone(), Duration::from_secs(600));
+        let mut rx = cache.subscribe(&id).await.unwrap().states;
         rx.borrow_and_update();
         *src.down.lock().unwrap() = true;
         src.set(&id, "2", r#"{"a":"2"}"#);
@@ -343,7 +393,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_secrets_are_lazy_and_absent_ones_swept() {
         let src = Arc::new(Scripted::default());
-        let cache = Cache::new(src.clone());
+        let cache = Cache::new(src.clone(), Duration::from_secs(600));
         let id = SecretId::new("default", "nope");
         cache.clone().refresh(id.clone()).await;
         assert_eq!(cache.len(), 0, "a change to a secret nobody asked for costs nothing");
@@ -354,5 +404,43 @@ mod tests {
         drop(rx);
         cache.sweep();
         assert_eq!(cache.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn plaintext_nobody_reads_or_watches_is_dropped_after_the_idle_ttl() {
+        let src = Arc::new(Scripted::default());
+        let id = SecretId::new("default", "app");
+        src.set(&id, "1", r#"{"a":"1"}"#);
+        let cache = Cache::new(src.clone(), Duration::from_millis(300));
+        let state = cache.state(&id).await.unwrap();
+        let SecretState::Ready { version, .. } = &*state else { panic!() };
+        let doc = Arc::downgrade(&version.documents["k"].doc);
+        drop(state);
+        let watched = SecretId::new("default", "watched");
+        src.set(&watched, "1", r#"{"w":"1"}"#);
+        let sub = cache.subscribe(&watched).await.unwrap();
+
+        cache.sweep();
+        assert_eq!(cache.len(), 2, "read a moment ago");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        cache.sweep();
+        assert_eq!(cache.len(), 1, "the watched one stays however long");
+        assert!(doc.upgrade().is_none(), "the idle document is dropped (and its values zeroized)");
+
+        assert_eq!(values(&cache.state(&id).await.unwrap()), "a=1");
+        assert_eq!(src.decodes.load(Ordering::SeqCst), 3, "the next read decrypts again");
+        drop(sub);
+    }
+
+    #[tokio::test]
+    async fn an_announced_change_touches_the_secret_before_it_loads() {
+        let src = Arc::new(Scripted::default());
+        let id = SecretId::new("default", "app");
+        src.set(&id, "1", r#"{"a":"1"}"#);
+        let cache = Cache::new(src.clone(), Duration::from_secs(600));
+        let sub = cache.subscribe(&id).await.unwrap();
+        cache.clone().refresh(id.clone()).await;
+        assert!(sub.touched.has_changed().unwrap(), "a metadata-only change still wakes subscribers");
+        assert!(!sub.states.has_changed().unwrap(), "but publishes no new state");
     }
 }

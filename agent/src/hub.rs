@@ -2,8 +2,14 @@
 //! channel in the cache and turns each state it sees into the events the
 //! subscriber has not had yet. A subscriber that falls behind skips straight to
 //! the latest state: nothing queues up on its behalf, and it never slows others.
+//!
+//! Access is checked for as long as a stream lives: on every wake-up (a new
+//! state, a change announced for one of its secrets even when no value
+//! follows, a policy reload, a pod gone, the caller's token expiring) the
+//! stream asks its `Authorize` again, before any event; a refusal ends it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::watch;
@@ -11,7 +17,7 @@ use tokio_stream::wrappers::WatchStream;
 use vaultlet_client::SecretRef;
 use vaultlet_client::proto::EventKind;
 
-use crate::cache::SecretState;
+use crate::cache::{SecretState, Subscription};
 use crate::secret::{SecretId, SecretVersion};
 
 /// One reference of a watch request, resolved and subscribed.
@@ -21,7 +27,40 @@ pub struct Watched {
     pub reference: SecretRef,
     /// The revision the client already holds: its SNAPSHOT is skipped.
     pub known_revision: Option<String>,
-    pub states: watch::Receiver<Arc<SecretState>>,
+    pub subscription: Subscription,
+}
+
+/// Whether the subscriber may go on receiving a secret, asked on every
+/// wake-up of its stream.
+pub trait Authorize: Send + Sync + 'static {
+    fn authorize(&self, id: &SecretId) -> Result<(), Revoked>;
+}
+
+/// Why a stream ends: the caller may no longer read `index`'s secret
+/// (`PERMISSION_DENIED`), or is no longer who it was (`UNAUTHENTICATED`).
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    pub index: u32,
+    pub code: tonic::Code,
+    /// For the caller: never says more than it may know.
+    pub message: String,
+    /// For the audit record: which rule refused.
+    pub reason: String,
+}
+
+/// What a stream yields: events, then possibly one final revocation.
+pub enum Item {
+    Event(HubEvent),
+    Revoked(Revoked),
+}
+
+/// Why a stream woke up.
+enum Wake {
+    State(usize, Arc<SecretState>),
+    /// A change of this reference's secret was announced.
+    Touched(usize),
+    /// Something that may change every reference's answer.
+    All,
 }
 
 /// An event for one reference; the values stay in the shared version until the
@@ -43,20 +82,78 @@ pub struct EventError {
     pub revision: String,
 }
 
-/// Merges the references' event streams. The stream never ends on its own.
-pub fn events(watched: Vec<Watched>) -> BoxStream<'static, HubEvent> {
-    let streams = watched.into_iter().map(|w| {
-        let mut tracker = Tracker {
+/// The events of `watched`, each reference checked with `guard` before any
+/// event of it; `wakes` and `until` (the caller's token expiry) make every
+/// reference checked again. Ends only after a revocation.
+pub fn events(
+    watched: Vec<Watched>,
+    guard: Arc<dyn Authorize>,
+    wakes: Vec<watch::Receiver<u64>>,
+    until: Option<Instant>,
+) -> BoxStream<'static, Item> {
+    let mut trackers = Vec::with_capacity(watched.len());
+    let mut sources: Vec<BoxStream<'static, Wake>> = Vec::new();
+    for (i, w) in watched.into_iter().enumerate() {
+        trackers.push(Tracker {
             index: w.index,
             id: Arc::new(w.id),
             reference: Arc::new(w.reference),
             sent: Sent::Nothing,
             known_revision: w.known_revision,
             failed_revision: None,
+        });
+        sources.push(WatchStream::new(w.subscription.states).map(move |s| Wake::State(i, s)).boxed());
+        sources.push(WatchStream::from_changes(w.subscription.touched).map(move |_| Wake::Touched(i)).boxed());
+    }
+    for w in wakes {
+        sources.push(WatchStream::from_changes(w).map(|_| Wake::All).boxed());
+    }
+    if let Some(t) = until {
+        sources.push(stream::once(tokio::time::sleep_until(t.into())).map(|()| Wake::All).boxed());
+    }
+    let wake_ups = stream::select_all(sources);
+    let stream = Stream { trackers, guard, revoked: false };
+    stream::unfold((wake_ups, stream), |(mut wake_ups, mut s)| async move {
+        if s.revoked {
+            return None;
+        }
+        loop {
+            let items = s.on(wake_ups.next().await?);
+            if !items.is_empty() {
+                return Some((stream::iter(items), (wake_ups, s)));
+            }
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+/// One subscriber's stream: a tracker per reference and the check.
+struct Stream {
+    trackers: Vec<Tracker>,
+    guard: Arc<dyn Authorize>,
+    revoked: bool,
+}
+
+impl Stream {
+    fn on(&mut self, wake: Wake) -> Vec<Item> {
+        let checked = match &wake {
+            Wake::State(i, _) | Wake::Touched(i) => *i..*i + 1,
+            Wake::All => 0..self.trackers.len(),
         };
-        WatchStream::new(w.states).flat_map(move |state| stream::iter(tracker.advance(&state))).boxed()
-    });
-    stream::select_all(streams).boxed()
+        for i in checked {
+            let t = &self.trackers[i];
+            if let Err(mut revoked) = self.guard.authorize(&t.id) {
+                revoked.index = t.index;
+                self.revoked = true;
+                return vec![Item::Revoked(revoked)];
+            }
+        }
+        match wake {
+            Wake::State(i, state) => self.trackers[i].advance(&state).into_iter().map(Item::Event).collect(),
+            Wake::Touched(_) | Wake::All => Vec::new(),
+        }
+    }
 }
 
 /// What the subscriber holds for one reference.
@@ -193,14 +290,58 @@ mod tests {
     fn watched(index: u32, r: &str, known: Option<&str>, rx: watch::Receiver<Arc<SecretState>>) -> Watched {
         let reference: SecretRef = r.parse().unwrap();
         let id = SecretId::new("default", reference.name.clone());
-        Watched { index, id, reference, known_revision: known.map(Into::into), states: rx }
+        // Nobody announces changes in these tests.
+        let touched = watch::Sender::new(0).subscribe();
+        Watched {
+            index,
+            id,
+            reference,
+            known_revision: known.map(Into::into),
+            subscription: Subscription { states: rx, touched },
+        }
     }
 
-    async fn next(s: &mut BoxStream<'static, HubEvent>) -> HubEvent {
+    /// Allows what its switch says, per secret name.
+    #[derive(Default)]
+    struct Switch(std::sync::Mutex<std::collections::HashSet<String>>);
+
+    impl Switch {
+        fn deny(&self, name: &str) {
+            self.0.lock().unwrap().insert(name.into());
+        }
+    }
+
+    impl Authorize for Switch {
+        fn authorize(&self, id: &SecretId) -> Result<(), Revoked> {
+            if self.0.lock().unwrap().contains(&id.name) {
+                let message = format!("may not read {id}");
+                return Err(Revoked {
+                    index: 0,
+                    code: tonic::Code::PermissionDenied,
+                    reason: message.clone(),
+                    message,
+                });
+            }
+            Ok(())
+        }
+    }
+
+    fn events(watched: Vec<Watched>) -> BoxStream<'static, Item> {
+        super::events(watched, Arc::new(Switch::default()), Vec::new(), None)
+    }
+
+    async fn next_item(s: &mut BoxStream<'static, Item>) -> Item {
         tokio::time::timeout(Duration::from_secs(2), s.next()).await.expect("event in time").expect("open stream")
     }
 
-    async fn quiet(s: &mut BoxStream<'static, HubEvent>) {
+    async fn next(s: &mut BoxStream<'static, Item>) -> HubEvent {
+        match next_item(s).await {
+            Item::Event(e) => e,
+            Item::Revoked(r) => panic!("revoked: {r:?}"),
+        }
+    }
+
+    async fn quiet(s: &mut BoxStream<'static, Item>) {
         assert!(tokio::time::timeout(Duration::from_millis(50), s.next()).await.is_err(), "expected no event");
     }
 
@@ -288,6 +429,59 @@ mod tests {
             let e = next(s).await;
             assert_eq!((e.kind, e.version.unwrap().revision.as_str()), (EventKind::ContentChanged, "1"));
         }
+    }
+
+    #[tokio::test]
+    async fn a_revoked_reference_ends_the_stream_before_its_new_value() {
+        let (tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"old"}"#)])));
+        let guard = Arc::new(Switch::default());
+        let mut s = super::events(vec![watched(7, "app", None, rx)], guard.clone(), Vec::new(), None);
+        assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
+        // The grant goes with the same change that brings new values.
+        guard.deny("app");
+        tx.send_replace(ready(version("2", &[("k", 1, r#"{"a":"new"}"#)])));
+        match next_item(&mut s).await {
+            Item::Revoked(r) => assert_eq!((r.index, r.code), (7, tonic::Code::PermissionDenied)),
+            Item::Event(e) => panic!("a {:?} event reached a revoked subscriber", e.kind),
+        }
+        assert!(s.next().await.is_none(), "the stream ends after the revocation");
+    }
+
+    #[tokio::test]
+    async fn a_change_without_new_values_or_a_global_wake_checks_again() {
+        let (_tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
+        let touched = watch::Sender::new(0);
+        let mut w = watched(0, "app", None, rx.clone());
+        w.subscription.touched = touched.subscribe();
+        let guard = Arc::new(Switch::default());
+        let mut s = super::events(vec![w], guard.clone(), Vec::new(), None);
+        assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
+        touched.send_modify(|n| *n += 1);
+        quiet(&mut s).await;
+        guard.deny("app");
+        touched.send_modify(|n| *n += 1);
+        assert!(matches!(next_item(&mut s).await, Item::Revoked(_)), "an annotation edit alone revokes");
+
+        let reloads = watch::Sender::new(0);
+        let guard = Arc::new(Switch::default());
+        let mut s = super::events(vec![watched(0, "other", None, rx)], guard.clone(), vec![reloads.subscribe()], None);
+        assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
+        guard.deny("other");
+        reloads.send_modify(|n| *n += 1);
+        assert!(matches!(next_item(&mut s).await, Item::Revoked(_)), "a policy reload revokes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_callers_expiry_wakes_the_stream_to_be_checked() {
+        let (_tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
+        let guard = Arc::new(Switch::default());
+        let until = Instant::now() + Duration::from_secs(600);
+        let mut s = super::events(vec![watched(0, "app", None, rx)], guard.clone(), Vec::new(), Some(until));
+        assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
+        // What the guard says at expiry decides (the real one sees the expired token).
+        guard.deny("app");
+        let item = tokio::time::timeout(Duration::from_secs(700), s.next()).await.unwrap().unwrap();
+        assert!(matches!(item, Item::Revoked(_)));
     }
 
     #[tokio::test]

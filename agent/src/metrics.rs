@@ -38,9 +38,13 @@ pub struct Metrics {
     pub watch_streams: Gauge,
     /// Secret revisions that could not be decoded (bad ciphertext, bad document).
     pub undecodable_revisions: Counter,
-    /// Connections and watch streams refused by the limits.
+    /// Connections, watch streams and calls refused by the limits (connections
+    /// also when refused at accept: a process outside any pod).
     pub refused_connections: Counter,
     pub refused_streams: Counter,
+    pub refused_calls: Counter,
+    /// Open watches ended because their caller lost access or identity.
+    pub watch_revocations: Counter,
 }
 
 impl Metrics {
@@ -70,6 +74,12 @@ impl Metrics {
         );
         registry.register("refused_connections", "Connections refused by the limits", self.refused_connections.clone());
         registry.register("refused_streams", "Watch streams refused by the limits", self.refused_streams.clone());
+        registry.register("refused_calls", "Calls refused by the per-pod limits", self.refused_calls.clone());
+        registry.register(
+            "watch_revocations",
+            "Open watches ended because their caller lost access or identity",
+            self.watch_revocations.clone(),
+        );
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);

@@ -2,18 +2,28 @@
 //! Secret of its own namespace when the Secret's
 //! `vaultlet.io/allowed-service-accounts` annotation lists it, and any secret
 //! an agent-wide policy file grants it (the only way across namespaces).
+//!
+//! The question is asked again for every open watch whenever the answer could
+//! change: the Secret changed, or the policy file was reloaded (`changes`).
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
 pub use vaultlet_parse::policy_file::{Grant, PolicyFile, PolicyFileError};
 
 use crate::identity::Caller;
 use crate::secret::SecretId;
 use crate::source::{Access, SecretSource};
 
+/// A file being replaced takes a few events; reload once they settle.
+const SETTLE: Duration = Duration::from_millis(200);
+
 /// A refusal: what the caller is told (never whether the secret exists) and,
 /// for the operator's log, which rule is missing.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{caller} may not read secret {secret}")]
 pub struct Denied {
     pub caller: String,
@@ -34,37 +44,141 @@ pub enum Policy {
     /// Development mode: everything is readable.
     AllowAll,
     /// The Secrets' own annotations, and the grants of the policy file.
-    Kubernetes { source: Arc<dyn SecretSource>, grants: Vec<Grant> },
+    Kubernetes { source: Arc<dyn SecretSource>, grants: Arc<Grants> },
+}
+
+/// The policy file's grants, replaced whole when the file is reloaded.
+#[derive(Default)]
+pub struct Grants {
+    current: RwLock<Arc<Vec<Grant>>>,
+    /// Bumped on every reload.
+    reloads: watch::Sender<u64>,
+}
+
+impl Grants {
+    pub fn new(grants: Vec<Grant>) -> Arc<Grants> {
+        Arc::new(Grants { current: RwLock::new(Arc::new(grants)), reloads: watch::Sender::new(0) })
+    }
+
+    fn get(&self) -> Arc<Vec<Grant>> {
+        self.current.read().expect("grants lock").clone()
+    }
+
+    fn replace(&self, grants: Vec<Grant>) {
+        *self.current.write().expect("grants lock") = Arc::new(grants);
+        self.reloads.send_modify(|n| *n += 1);
+    }
+
+    /// Loads `path` and reloads it whenever it changes (a ConfigMap update
+    /// swaps a symlink in its directory, so the directory is watched). A file
+    /// that no longer parses keeps the last good grants, and says why.
+    pub fn follow(path: &Path) -> Result<(Arc<Grants>, notify::RecommendedWatcher), PolicyFileError> {
+        let loaded = std::fs::read(path).ok();
+        let grants = Grants::new(PolicyFile::load(path)?.grants);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let watch_err = |e: notify::Error| PolicyFileError::Parse(path.display().to_string(), e.to_string());
+        let mut watcher = notify::recommended_watcher(move |_event| {
+            let _ = tx.send(());
+        })
+        .map_err(watch_err)?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        watcher.watch(dir, RecursiveMode::NonRecursive).map_err(watch_err)?;
+        tokio::spawn(reload_on_change(path.to_owned(), loaded, grants.clone(), rx));
+        Ok((grants, watcher))
+    }
+}
+
+/// Reloads `path` after each burst of events, when its bytes differ from the
+/// last loaded ones (`loaded`).
+async fn reload_on_change(
+    path: PathBuf,
+    mut loaded: Option<Vec<u8>>,
+    grants: Arc<Grants>,
+    mut events: mpsc::UnboundedReceiver<()>,
+) {
+    while events.recv().await.is_some() {
+        tokio::time::sleep(SETTLE).await;
+        while events.try_recv().is_ok() {}
+        let text = std::fs::read(&path).ok();
+        if text == loaded {
+            continue;
+        }
+        match PolicyFile::load(&path) {
+            Ok(file) => {
+                tracing::info!(path = %path.display(), grants = file.grants.len(), "policy file reloaded; open watches are checked again");
+                grants.replace(file.grants);
+                loaded = text;
+            }
+            Err(e) => tracing::error!(error = %e, "policy file not reloaded: the last good grants stay in force"),
+        }
+    }
+}
+
+/// The answer for one (caller, secret), before it is told to anyone.
+enum Verdict {
+    Allowed,
+    NotReady,
+    /// Refused because no Secret of that name exists (in the caller's namespace).
+    Absent(Denied),
+    Denied(Denied),
 }
 
 impl Policy {
     pub fn check(&self, caller: &Caller, id: &SecretId) -> Result<(), Refusal> {
+        match self.verdict(caller, id) {
+            Verdict::Allowed => Ok(()),
+            Verdict::NotReady => Err(Refusal::NotReady),
+            Verdict::Absent(d) | Verdict::Denied(d) => Err(d.into()),
+        }
+    }
+
+    /// May an open watch of `id` go on? As `check`, except that a Secret that
+    /// is gone is no refusal: the subscriber is told it was deleted, and asked
+    /// again when a Secret of that name appears.
+    pub fn recheck(&self, caller: &Caller, id: &SecretId) -> Result<(), Denied> {
+        match self.verdict(caller, id) {
+            Verdict::Allowed | Verdict::NotReady | Verdict::Absent(_) => Ok(()),
+            Verdict::Denied(d) => Err(d),
+        }
+    }
+
+    fn verdict(&self, caller: &Caller, id: &SecretId) -> Verdict {
         let (source, grants) = match self {
-            Policy::AllowAll => return Ok(()),
+            Policy::AllowAll => return Verdict::Allowed,
             Policy::Kubernetes { source, grants } => (source, grants),
         };
         let Some(sa) = caller.service_account.as_deref() else {
-            return Err(deny(caller, id, "the caller has no ServiceAccount".into()).into());
+            return Verdict::Denied(deny(caller, id, "the caller has no ServiceAccount".into()));
         };
-        if grants.iter().any(|g| g.covers(&caller.namespace, sa, &id.namespace, &id.name)) {
-            return Ok(());
+        if grants.get().iter().any(|g| g.covers(&caller.namespace, sa, &id.namespace, &id.name)) {
+            return Verdict::Allowed;
         }
-        let reason = if caller.namespace != id.namespace {
-            format!("no grant of the policy file lets {}/{sa} read {id}", caller.namespace)
-        } else {
-            match source.access(id, sa) {
-                Access::Allowed | Access::Unrestricted => return Ok(()),
-                Access::NotSynced => return Err(Refusal::NotReady),
-                Access::SecretAbsent => "no managed Secret of that name exists".to_owned(),
-                Access::NotAnnotated => {
-                    "the Secret has no vaultlet.io/allowed-service-accounts annotation (nobody may read it)".to_owned()
-                }
-                Access::NotListed => {
-                    format!("the Secret's vaultlet.io/allowed-service-accounts annotation does not list {sa}")
-                }
+        if caller.namespace != id.namespace {
+            let reason = format!("no grant of the policy file lets {}/{sa} read {id}", caller.namespace);
+            return Verdict::Denied(deny(caller, id, reason));
+        }
+        let reason = match source.access(id, sa) {
+            Access::Allowed | Access::Unrestricted => return Verdict::Allowed,
+            Access::NotSynced => return Verdict::NotReady,
+            Access::SecretAbsent => {
+                return Verdict::Absent(deny(caller, id, "no managed Secret of that name exists".to_owned()));
+            }
+            Access::NotAnnotated => {
+                "the Secret has no vaultlet.io/allowed-service-accounts annotation (nobody may read it)".to_owned()
+            }
+            Access::NotListed => {
+                format!("the Secret's vaultlet.io/allowed-service-accounts annotation does not list {sa}")
             }
         };
-        Err(deny(caller, id, reason).into())
+        Verdict::Denied(deny(caller, id, reason))
+    }
+
+    /// Bumped whenever the grants change.
+    pub fn changes(&self) -> Option<watch::Receiver<u64>> {
+        match self {
+            Policy::AllowAll => None,
+            Policy::Kubernetes { grants, .. } => Some(grants.reloads.subscribe()),
+        }
     }
 }
 
@@ -121,7 +235,7 @@ mod tests {
                 secrets: s.iter().map(|x| (*x).to_owned()).collect(),
             })
             .collect();
-        Policy::Kubernetes { source: Arc::new(Annotated), grants }
+        Policy::Kubernetes { source: Arc::new(Annotated), grants: Grants::new(grants) }
     }
 
     #[test]
@@ -144,6 +258,41 @@ mod tests {
     fn before_the_source_has_listed_there_is_no_answer_either_way() {
         let p = policy(&[]);
         assert!(matches!(p.check(&caller("app", "web"), &SecretId::new("app", "starting")), Err(Refusal::NotReady)));
+    }
+
+    #[test]
+    fn an_open_watch_keeps_a_deleted_secret_and_loses_a_refused_one() {
+        let p = policy(&[]);
+        assert!(p.recheck(&caller("app", "web"), &SecretId::new("app", "open")).is_ok());
+        assert!(p.recheck(&caller("app", "web"), &SecretId::new("app", "gone")).is_ok(), "absent: told DELETED");
+        assert!(p.recheck(&caller("app", "worker"), &SecretId::new("app", "open")).is_err());
+        assert!(p.recheck(&caller("app", "web"), &SecretId::new("app", "bare")).is_err());
+        // Across namespaces only a grant counts, present or not.
+        assert!(p.recheck(&caller("other", "web"), &SecretId::new("app", "gone")).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reloaded_policy_file_changes_the_answer_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, "grants:\n  - from: [payments/api]\n    secrets: [shared/db]\n").unwrap();
+        let (grants, _watcher) = Grants::follow(&path).unwrap();
+        let p = Policy::Kubernetes { source: Arc::new(Annotated), grants };
+        let mut changes = p.changes().unwrap();
+        let (api, db) = (caller("payments", "api"), SecretId::new("shared", "db"));
+        assert!(p.check(&api, &db).is_ok());
+
+        // Kubernetes swaps a ConfigMap's files with a rename.
+        let next = dir.path().join(".policy.new");
+        std::fs::write(&next, "grants: []\n").unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), changes.changed()).await.expect("reloaded").unwrap();
+        assert!(p.check(&api, &db).is_err());
+
+        // A broken file keeps the last good grants.
+        std::fs::write(&path, "grants: [oops\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!changes.has_changed().unwrap());
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct SecretVersion {
     pub revision: String,
     /// Data key -> document.
     pub documents: BTreeMap<String, DocumentVersion>,
+    /// Decrypted from ciphertext bound to no place (a legacy Secret served in
+    /// its namespace's migration window): every read of it is audited as such.
+    pub unbound: bool,
 }
 
 /// What a reference is not allowed to ask of a version.
@@ -195,6 +198,7 @@ pub(crate) mod tests {
 
     pub fn version(revision: &str, docs: &[(&str, u32, &str)]) -> SecretVersion {
         SecretVersion {
+            unbound: false,
             revision: revision.into(),
             documents: docs
                 .iter()

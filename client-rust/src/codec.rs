@@ -1,12 +1,18 @@
-//! The gRPC codec of both ends: prost, with small encode buffers. tonic keeps
-//! one encode buffer per call for the call's whole life, 8 KiB by default: on
-//! the agent, 10,000 watch streams would hold 80 MiB of them. Messages here are
-//! small; a larger one grows its buffer as needed.
+//! The gRPC codec of both ends: prost, with small encode buffers, and messages
+//! that carry secret values wiped once they are encoded. tonic keeps one encode
+//! buffer per call for the call's whole life, 8 KiB by default: on the agent,
+//! 10,000 watch streams would hold 80 MiB of them. Messages here are small; a
+//! larger one grows its buffer as needed.
 
 use std::marker::PhantomData;
 
-use tonic::codec::{BufferSettings, Codec};
-use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+use prost::Message;
+use secrecy::zeroize::Zeroize;
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+use tonic_prost::{ProstCodec, ProstDecoder};
+
+use crate::proto;
 
 const ENCODE_BUFFER: usize = 512;
 /// tonic's default: how much encoded output a stream buffers before yielding it.
@@ -23,19 +29,89 @@ impl<T, U> Default for SmallBufferCodec<T, U> {
 
 impl<T, U> Codec for SmallBufferCodec<T, U>
 where
-    T: prost::Message + Send + 'static,
-    U: prost::Message + Default + Send + 'static,
+    T: Message + Wipe + Send + 'static,
+    U: Message + Default + Send + 'static,
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = ProstEncoder<T>;
+    type Encoder = WipingEncoder<T>;
     type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD))
+        WipingEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         ProstCodec::<T, U>::raw_decoder(BufferSettings::default())
+    }
+}
+
+/// Encodes a message, then wipes the values it carried: the copy of a secret
+/// made for the wire does not outlive its encoding. (The encoded bytes are
+/// HTTP/2's from then on: its buffers are freed, not wiped.)
+#[derive(Debug)]
+pub struct WipingEncoder<T>(PhantomData<T>);
+
+impl<T: Message + Wipe> Encoder for WipingEncoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, mut item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        let encoded = item.encode(buf).map_err(|e| Status::internal(format!("encoding a message: {e}")));
+        item.wipe();
+        encoded
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD)
+    }
+}
+
+/// Zeroizes the secret values a message holds (nothing, for most).
+pub trait Wipe {
+    fn wipe(&mut self) {}
+}
+
+impl Wipe for proto::GetSecretsRequest {}
+impl Wipe for proto::WatchSecretsRequest {}
+
+impl Wipe for proto::GetSecretsResponse {
+    fn wipe(&mut self) {
+        self.secrets.iter_mut().for_each(Wipe::wipe);
+    }
+}
+
+impl Wipe for proto::SecretEvent {
+    fn wipe(&mut self) {
+        if let Some(s) = &mut self.secret {
+            s.wipe();
+        }
+    }
+}
+
+impl Wipe for proto::Secret {
+    fn wipe(&mut self) {
+        for (_, mut value) in std::mem::take(&mut self.values) {
+            value.zeroize();
+        }
+        self.raw.zeroize();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_wiped_once_encoded() {
+        let mut s = proto::Secret {
+            values: [("password".to_owned(), "hunter2".to_owned())].into(),
+            raw: b"{\"password\":\"hunter2\"}".to_vec(),
+            ..Default::default()
+        };
+        let encoded = s.encode_to_vec();
+        s.wipe();
+        assert!(s.values.is_empty() && s.raw.is_empty());
+        assert_eq!(proto::Secret::decode(&encoded[..]).unwrap().values["password"], "hunter2");
     }
 }

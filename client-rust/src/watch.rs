@@ -1,9 +1,14 @@
-//! A watch that survives agent restarts: reconnect with jittered backoff, send
-//! the revisions already delivered, drop anything the caller has already seen.
+//! A watch that survives agent restarts and token rotation: reconnect with
+//! jittered backoff, send the revisions already delivered, drop anything the
+//! caller has already seen.
+//!
+//! The agent ends a watch `UNAUTHENTICATED` when the token it was opened with
+//! expires; kubelet has rotated the token file by then, so the watch reconnects
+//! with the file read again. `PERMISSION_DENIED` (access revoked) ends the watch.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use futures::stream::BoxStream;
@@ -13,6 +18,11 @@ use crate::{Client, Error, Event, EventKind, SecretRef, proto};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Reconnects after `UNAUTHENTICATED` before the watch gives up (the token
+/// file was not rotated: the token is bad for good).
+const REAUTH_ATTEMPTS: u32 = 5;
+/// A stream open this long proves its token was good: the attempts refill.
+const SETTLED: Duration = Duration::from_secs(30);
 
 /// Stream of watch events; see [`Client::watch`].
 pub struct WatchStream {
@@ -22,7 +32,17 @@ pub struct WatchStream {
 impl WatchStream {
     pub(crate) fn new(client: Client, refs: Vec<SecretRef>) -> Self {
         let held = vec![Held::default(); refs.len()];
-        let state = State { client, refs, held, stream: None, attempt: 0, done: false };
+        let state = State {
+            client,
+            refs,
+            held,
+            stream: None,
+            attempt: 0,
+            done: false,
+            delivered: false,
+            reauth_left: REAUTH_ATTEMPTS,
+            opened_at: Instant::now(),
+        };
         WatchStream { inner: Box::pin(futures::stream::unfold(state, State::next)) }
     }
 }
@@ -76,6 +96,10 @@ struct State {
     stream: Option<tonic::Streaming<proto::SecretEvent>>,
     attempt: u32,
     done: bool,
+    /// The watch has been accepted once: its caller was who it must be.
+    delivered: bool,
+    reauth_left: u32,
+    opened_at: Instant,
 }
 
 impl State {
@@ -87,8 +111,12 @@ impl State {
             let stream = match self.stream.as_mut() {
                 Some(s) => s,
                 None => match self.client.open_watch(self.request()).await {
-                    Ok(s) => self.stream.insert(s),
-                    Err(e) if is_transient(&e) => {
+                    Ok(s) => {
+                        self.delivered = true;
+                        self.opened_at = Instant::now();
+                        self.stream.insert(s)
+                    }
+                    Err(e) if is_transient(&e) || self.may_reauthenticate(&e) => {
                         self.backoff(&e).await;
                         continue;
                     }
@@ -120,7 +148,7 @@ impl State {
                 Err(status) => {
                     self.stream = None;
                     let e = Error::from(status);
-                    if !is_transient(&e) {
+                    if !is_transient(&e) && !self.may_reauthenticate(&e) {
                         return self.fail(e);
                     }
                     self.backoff(&e).await;
@@ -140,6 +168,22 @@ impl State {
             })
             .collect();
         proto::WatchSecretsRequest { secrets }
+    }
+
+    /// An `UNAUTHENTICATED` worth a reconnect: the watch was accepted before
+    /// (its token has expired since), within a few attempts.
+    fn may_reauthenticate(&mut self, e: &Error) -> bool {
+        if e.code() != Code::Unauthenticated || !self.delivered {
+            return false;
+        }
+        if self.opened_at.elapsed() >= SETTLED {
+            self.reauth_left = REAUTH_ATTEMPTS;
+        }
+        if self.reauth_left == 0 {
+            return false;
+        }
+        self.reauth_left -= 1;
+        true
     }
 
     fn fail(mut self, e: Error) -> Option<(Result<Event, Error>, State)> {

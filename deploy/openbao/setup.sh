@@ -7,11 +7,16 @@
 #   KUBERNETES_HOST=https://kubernetes.example:6443 KUBERNETES_CA_CERT=ca.crt \
 #   TRANSIT_KEYS="payments web" deploy/openbao/setup.sh
 #
-# It enables Transit and creates the keys, writes three least-privilege
-# policies, and sets up the Kubernetes auth method with two roles:
-#   vaultlet-agent    decrypt with the keys          (the DaemonSet's ServiceAccount)
-#   vaultlet-recrypt  rotate, rewrap, configure keys (the CronJob's ServiceAccount)
-#   vaultlet-seal     encrypt (a policy for operators and CI; attach it to their own auth)
+# It enables Transit and creates the keys as derived keys (each ciphertext is
+# bound to its Secret and data key by a derivation context), writes three
+# least-privilege policies, and sets up the Kubernetes auth method with two roles:
+#   vaultlet-agent    decrypt with the keys, nothing else     (the DaemonSet's ServiceAccount)
+#   vaultlet-recrypt  rotate, rewrap, set min_decryption_version, read the key's versions
+#                     (the CronJob's ServiceAccount)
+#   vaultlet-seal     encrypt, and read the key to check it is derived
+#                     (a policy for operators and CI; attach it to their own auth)
+# A key that exists and is not derived is kept (its Secrets still need it until
+# `vaultlet recrypt --bind` moves them to a derived key) and reported.
 #
 # Settings (environment):
 #   VAULT_ADDR, VAULT_TOKEN   where and as whom (needs admin rights)           required
@@ -70,11 +75,16 @@ if ! grep -q "\"$TRANSIT_MOUNT/\"" <<<"$mounts"; then
     echo "  enabled"
 fi
 for key in $TRANSIT_KEYS; do
-    if v read -format=json "$TRANSIT_MOUNT/keys/$key" >/dev/null 2>&1; then
-        echo "  key $key: exists"
+    if info=$(v read -format=json "$TRANSIT_MOUNT/keys/$key" 2>/dev/null); then
+        if grep -q '"derived": *true' <<<"$info"; then
+            echo "  key $key: exists (derived)"
+        else
+            echo "  key $key: exists, NOT derived: its ciphertexts are bound to no Secret; move them to a derived key with \`vaultlet recrypt --bind\`" >&2
+            echo "  key $key: exists (not derived)"
+        fi
     else
-        v write -f "$TRANSIT_MOUNT/keys/$key" >/dev/null
-        echo "  key $key: created"
+        v write "$TRANSIT_MOUNT/keys/$key" derived=true >/dev/null
+        echo "  key $key: created (derived)"
     fi
 done
 
@@ -85,12 +95,16 @@ for key in $TRANSIT_KEYS; do
     recrypt_policy+="path \"$TRANSIT_MOUNT/keys/$key/rotate\" { capabilities = [\"update\"] }
 path \"$TRANSIT_MOUNT/rewrap/$key\" { capabilities = [\"update\"] }
 path \"$TRANSIT_MOUNT/keys/$key\" { capabilities = [\"read\"] }
-path \"$TRANSIT_MOUNT/keys/$key/config\" { capabilities = [\"update\"] }
+path \"$TRANSIT_MOUNT/keys/$key/config\" {
+  capabilities = [\"update\"]
+  allowed_parameters = { \"min_decryption_version\" = [] }
+}
 "
     seal_policy+="path \"$TRANSIT_MOUNT/encrypt/$key\" { capabilities = [\"update\"] }
+path \"$TRANSIT_MOUNT/keys/$key\" { capabilities = [\"read\"] }
 "
 done
-echo "policies: vaultlet-agent (decrypt), vaultlet-recrypt (rotate, rewrap, configure), vaultlet-seal (encrypt)"
+echo "policies: vaultlet-agent (decrypt), vaultlet-recrypt (rotate, rewrap, min_decryption_version), vaultlet-seal (encrypt)"
 printf '%s' "$agent_policy" | v policy write vaultlet-agent - >/dev/null
 printf '%s' "$recrypt_policy" | v policy write vaultlet-recrypt - >/dev/null
 printf '%s' "$seal_policy" | v policy write vaultlet-seal - >/dev/null

@@ -132,6 +132,73 @@ pub struct ServeArgs {
     /// Watch streams one peer may hold open [default: 1024].
     #[cfg_attr(feature = "cli", arg(long, env = "VAULTLET_MAX_STREAMS_PER_PEER"))]
     pub max_streams_per_peer: Option<usize>,
+
+    /// Calls of one peer waiting for an answer at once [default: 256].
+    #[cfg_attr(feature = "cli", arg(long, env = "VAULTLET_MAX_PENDING_CALLS_PER_PEER"))]
+    pub max_pending_calls_per_peer: Option<usize>,
+
+    /// Calls per second one peer may make, after a burst of twice as many; 0: no
+    /// limit [default: 2000].
+    #[cfg_attr(feature = "cli", arg(long, env = "VAULTLET_MAX_CALLS_PER_SECOND_PER_PEER"))]
+    pub max_calls_per_second_per_peer: Option<u32>,
+
+    /// A decoded secret nobody has read or watched for this long is dropped
+    /// from memory (zeroized); the next read decrypts it again [default: 10m].
+    #[cfg_attr(feature = "cli", arg(long, env = "VAULTLET_CACHE_IDLE_TTL", value_name = "DURATION"))]
+    pub cache_idle_ttl: Option<HumanDuration>,
+
+    /// Flush each batch of audit records to disk (fdatasync) before the calls it
+    /// covers answer; without it a record is written to the OS first, which
+    /// survives the agent being killed but not the node losing power.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "VAULTLET_AUDIT_FSYNC", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")
+    )]
+    pub audit_fsync: Option<bool>,
+
+    /// Namespaces whose Secrets sealed before bindings (no vaultlet.io/binding
+    /// annotation) are still served, each read audited as unbound: the window
+    /// for `vaultlet recrypt --bind` [default: none].
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "VAULTLET_ALLOW_UNBOUND_NAMESPACES", value_delimiter = ',', value_name = "NAMESPACES")
+    )]
+    pub allow_unbound_namespaces: Option<Vec<String>>,
+
+    /// Which Transit keys the Secrets of a namespace may name, as
+    /// `NS=KEY[,KEY...]`, several separated by `;` (in the file: a map of
+    /// namespace to keys); a namespace not listed may name any [default: any].
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "VAULTLET_TRANSIT_KEYS", value_delimiter = ';', value_name = "NS=KEYS")
+    )]
+    #[serde(default, deserialize_with = "namespace_keys_map")]
+    pub transit_keys: Option<Vec<NamespaceKeys>>,
+}
+
+/// The Transit keys one namespace's Secrets may name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceKeys {
+    pub namespace: String,
+    pub keys: Vec<String>,
+}
+
+impl FromStr for NamespaceKeys {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (namespace, keys) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NAMESPACE=KEY[,KEY...]"))?;
+        let keys: Vec<String> = keys.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect();
+        if namespace.trim().is_empty() || keys.is_empty() {
+            return Err(format!("{s:?} is not NAMESPACE=KEY[,KEY...]"));
+        }
+        Ok(NamespaceKeys { namespace: namespace.trim().to_owned(), keys })
+    }
+}
+
+/// `transit-keys: {payments: [payments, shared]}` in the config file.
+fn namespace_keys_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<NamespaceKeys>>, D::Error> {
+    let map = Option::<std::collections::BTreeMap<String, Vec<String>>>::deserialize(d)?;
+    Ok(map.map(|m| m.into_iter().map(|(namespace, keys)| NamespaceKeys { namespace, keys }).collect()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +234,12 @@ impl ServeArgs {
             max_connections: self.max_connections.or(other.max_connections),
             max_connections_per_peer: self.max_connections_per_peer.or(other.max_connections_per_peer),
             max_streams_per_peer: self.max_streams_per_peer.or(other.max_streams_per_peer),
+            max_pending_calls_per_peer: self.max_pending_calls_per_peer.or(other.max_pending_calls_per_peer),
+            max_calls_per_second_per_peer: self.max_calls_per_second_per_peer.or(other.max_calls_per_second_per_peer),
+            cache_idle_ttl: self.cache_idle_ttl.or(other.cache_idle_ttl),
+            audit_fsync: self.audit_fsync.or(other.audit_fsync),
+            allow_unbound_namespaces: self.allow_unbound_namespaces.or(other.allow_unbound_namespaces),
+            transit_keys: self.transit_keys.or(other.transit_keys),
         }
     }
 
@@ -210,6 +283,24 @@ mod tests {
         assert_eq!(merged.namespaces.unwrap(), ["a", "b"]);
         assert_eq!(merged.audience.as_deref(), Some("from-flag"));
         assert_eq!(merged.peer_binding, Some(PeerBinding::Warn));
+    }
+
+    #[test]
+    fn transit_keys_come_as_a_map_in_the_file_and_as_text_in_a_flag() {
+        let a = ServeArgs::from_yaml("transit-keys:\n  payments: [payments, shared]\n  web: [web]\n").unwrap();
+        let keys = a.transit_keys.unwrap();
+        assert_eq!(
+            keys[0],
+            NamespaceKeys { namespace: "payments".into(), keys: vec!["payments".into(), "shared".into()] }
+        );
+        assert_eq!(keys.len(), 2);
+        assert_eq!("web=a, b".parse::<NamespaceKeys>().unwrap().keys, ["a", "b"]);
+        for bad in ["web", "=a", "web="] {
+            assert!(bad.parse::<NamespaceKeys>().is_err(), "{bad}");
+        }
+        let a = ServeArgs::from_yaml("audit-fsync: true\ncache-idle-ttl: 1m\nallow-unbound-namespaces: [legacy]\n")
+            .unwrap();
+        assert_eq!((a.audit_fsync, a.allow_unbound_namespaces.unwrap()[0].as_str()), (Some(true), "legacy"));
     }
 
     #[test]

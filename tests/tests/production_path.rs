@@ -133,12 +133,43 @@ async fn the_openbao_setup_script_is_idempotent_and_least_privilege() {
     assert!(again.status.success(), "{report}{}", String::from_utf8_lossy(&again.stderr));
     assert!(report.contains("key shop: exists") && report.contains("key extra: created"), "{report}");
 
-    // The agent's policy decrypts with its keys and nothing else.
-    let agent = stack.bao.must(&["policy", "read", "vaultlet-agent"]);
-    assert!(agent.contains("transit/decrypt/shop") && agent.contains("transit/decrypt/extra"), "{agent}");
-    assert!(!agent.contains("encrypt/") && !agent.contains("rewrap") && !agent.contains("keys/"), "{agent}");
-    let recrypt = stack.bao.must(&["policy", "read", "vaultlet-recrypt"]);
-    assert!(recrypt.contains("transit/rewrap/shop") && !recrypt.contains("decrypt"), "{recrypt}");
+    // Keys are derived: a ciphertext is bound to the context it was sealed with.
+    let key = stack.bao.must(&["read", "-format=json", "transit/keys/shop"]);
+    assert!(key.contains("\"derived\": true"), "{key}");
+
+    // Each policy, tried with a token that carries only it.
+    let ctx = "context=dmF1bHRsZXQvdjEvc2hvcC9kYi9zZWNyZXRzLmpzb24="; // vaultlet/v1/shop/db/secrets.json
+    let sealed = stack.bao.must(&["write", "-field=ciphertext", "transit/encrypt/shop", "plaintext=e30=", ctx]);
+    let sealed = format!("ciphertext={}", sealed.trim());
+    let allowed = |token: &str, args: &[&str]| stack.bao.cli_as(token, args).status.success();
+    let agent = stack.bao.token_with_policy("vaultlet-agent");
+    assert!(allowed(&agent, &["write", "transit/decrypt/shop", &sealed, ctx]), "the agent decrypts with its keys");
+    for args in [
+        &["write", "transit/encrypt/shop", "plaintext=e30=", ctx][..],
+        &["write", "-f", "transit/keys/shop/rotate"],
+        &["write", "transit/rewrap/shop", &sealed, ctx],
+        &["read", "transit/keys/shop"],
+        &["write", "-f", "transit/keys/other"],
+    ] {
+        assert!(!allowed(&agent, args), "the agent's policy allows {args:?}");
+    }
+    let recrypt = stack.bao.token_with_policy("vaultlet-recrypt");
+    for args in [
+        &["write", "-f", "transit/keys/shop/rotate"][..],
+        &["write", "transit/rewrap/shop", &sealed, ctx],
+        &["write", "transit/keys/shop/config", "min_decryption_version=1"],
+        &["read", "transit/keys/shop"],
+    ] {
+        assert!(allowed(&recrypt, args), "the recrypt policy refuses {args:?}");
+    }
+    for args in [
+        &["write", "transit/decrypt/shop", &sealed, ctx][..],
+        &["write", "transit/encrypt/shop", "plaintext=e30=", ctx],
+        &["write", "transit/keys/shop/config", "exportable=true"],
+        &["write", "transit/keys/shop/config", "deletion_allowed=true"],
+    ] {
+        assert!(!allowed(&recrypt, args), "the recrypt policy allows {args:?}");
+    }
     let role = stack.bao.must(&["read", "-format=json", "auth/kubernetes/role/vaultlet-agent"]);
     let role: serde_json::Value = serde_json::from_str(&role).unwrap();
     assert_eq!(role["data"]["token_ttl"], 30, "short-lived agent tokens");

@@ -21,13 +21,11 @@ async fn next(events: &mut WatchStream) -> Event {
     next_within(events, Duration::from_secs(20)).await
 }
 
-/// Copies the data of `from` into `to` (both sealed under the same key): a new
-/// revision of `to` without going through the API server's HTTP side.
-fn copy_data(stack: &Stack, ns: &str, from: &str, to: &str) {
-    let source: Secret = stack.kube.get(ns, from).expect("source Secret");
-    let mut target: Secret = stack.kube.get(ns, to).expect("target Secret");
-    target.data = source.data;
-    stack.kube.replace(target).expect("replace");
+/// A new revision of `ns/name` (sealed under `shop`) holding `{"v": v}`,
+/// written without going through the API server's HTTP side.
+fn reseal(stack: &Stack, ns: &str, name: &str, v: &str) {
+    let ct = stack.encrypt_for("shop", ns, name, "secrets.json", format!(r#"{{"v":"{v}"}}"#).as_bytes());
+    set_data(stack, ns, name, "secrets.json", &ct);
 }
 
 fn set_data(stack: &Stack, ns: &str, name: &str, key: &str, ciphertext: &str) {
@@ -93,9 +91,6 @@ async fn api_server_hangs_drops_and_expired_versions_lose_no_change() {
     let stack = Stack::start(&["shop"]).await;
     let _agent = stack.start_agent(&["--peer-binding", "off"]);
     let web = stack.app("shop", "web", "web-1");
-    for v in 1..=5 {
-        stack.seal("shop", &format!("v{v}"), "shop", "web", &format!(r#"{{"v":"{v}"}}"#));
-    }
     stack.seal("shop", "db", "shop", "web", r#"{"v":"0"}"#);
     stack.wait_readable(&web, "db").await;
     let c = stack.client(&web).await;
@@ -104,7 +99,7 @@ async fn api_server_hangs_drops_and_expired_versions_lose_no_change() {
 
     // Hung: the change made meanwhile arrives once the server answers again.
     stack.kube.faults().hang();
-    copy_data(&stack, "shop", "v1", "db");
+    reseal(&stack, "shop", "db", "1");
     tokio::time::sleep(Duration::from_secs(1)).await;
     stack.kube.faults().release();
     let e = next(&mut events).await;
@@ -112,15 +107,15 @@ async fn api_server_hangs_drops_and_expired_versions_lose_no_change() {
 
     // Watch connections dropped, then a change.
     stack.kube.faults().drop_watches();
-    copy_data(&stack, "shop", "v2", "db");
+    reseal(&stack, "shop", "db", "2");
     assert_eq!(value(&next(&mut events).await, "v"), "2");
 
     // The watch's resourceVersion expired (410 Gone): the agent re-lists and
     // still sees the changes made while it was away.
     stack.kube.faults().expire_history();
     stack.kube.faults().drop_watches();
-    copy_data(&stack, "shop", "v3", "db");
-    copy_data(&stack, "shop", "v4", "db");
+    reseal(&stack, "shop", "db", "3");
+    reseal(&stack, "shop", "db", "4");
     let e = next(&mut events).await;
     let seen = value(&e, "v");
     let last = if seen == "3" { value(&next(&mut events).await, "v") } else { seen };
@@ -178,9 +173,8 @@ async fn revisions_that_cannot_be_decoded_keep_the_last_good_values_and_recover(
     assert_eq!(got["db"].values["password"].expose_secret(), "good", "still served");
 
     // A document that no longer parses (encrypted, but not JSON).
-    let plain = base64_of(b"password: not json");
-    let ct = stack.bao.must(&["write", "-field=ciphertext", "transit/encrypt/shop", &format!("plaintext={plain}")]);
-    set_data(&stack, "shop", "db", "secrets.json", ct.trim());
+    let ct = stack.encrypt_for("shop", "shop", "db", "secrets.json", b"password: not json");
+    set_data(&stack, "shop", "db", "secrets.json", &ct);
     let e = next(&mut events).await;
     assert_eq!(e.kind, EventKind::Error);
     assert!(e.error.unwrap().message.contains("not valid JSON"));
@@ -210,23 +204,6 @@ async fn revisions_that_cannot_be_decoded_keep_the_last_good_values_and_recover(
     let log = std::fs::read_to_string(stack.agent_log()).unwrap();
     let lines = log.lines().filter(|l| l.contains("new revision cannot be decoded")).count();
     assert_eq!(lines, 3, "one log line per bad revision");
-}
-
-fn base64_of(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                let _ = out.write_char('=');
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,7 +8,7 @@ use crate::cache::Cache;
 use crate::identity::Authenticator;
 use crate::limits::{Admission, Limits};
 use crate::policy::Policy;
-use crate::server::{self, SecretsService};
+use crate::server::{self, Parts, SecretsService};
 use crate::source::change_channel;
 use crate::source::file::{DEFAULT_NAMESPACE, FileSource};
 
@@ -34,20 +34,20 @@ pub async fn run(args: Args) -> CmdResult {
     let shutdown = shutdown_on_signal()?;
     let (changes_tx, changes_rx) = change_channel();
     let source = Arc::new(FileSource::start(&args.secrets_dir, changes_tx)?);
-    let cache = Cache::new(source.clone());
+    let cache = Cache::new(source.clone(), crate::config::DEFAULT_CACHE_IDLE_TTL);
     tokio::spawn(cache.clone().run_refresh(changes_rx));
 
     let listener = server::bind(&args.socket).await?;
     let open = Authenticator::open(DEFAULT_NAMESPACE);
-    let service = SecretsService::new(
+    let service = SecretsService::new(Parts {
         cache,
-        open,
-        Policy::AllowAll,
-        Default::default(),
-        None,
-        Admission::new(Limits::default()),
-        shutdown.clone(),
-    );
+        auth: Arc::new(open),
+        policy: Arc::new(Policy::AllowAll),
+        metrics: Default::default(),
+        audit: None,
+        admission: Admission::new(Limits::default()),
+        shutdown: shutdown.clone(),
+    });
     print_banner(&source, &args.socket);
     server::serve(listener, &args.socket, "/proc".into(), service, shutdown).await?;
     tracing::info!("stopped; socket removed");

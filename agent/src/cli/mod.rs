@@ -43,7 +43,7 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     Dev(dev::Args),
     Get(get::Args),
     Watch(watch::Args),
@@ -87,7 +87,7 @@ pub fn run() -> ExitCode {
     };
     let (name, result) = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => ("serve", serve::run(args).await),
+            Command::Serve(args) => ("serve", serve::run(*args).await),
             Command::Dev(args) => ("dev", dev::run(args).await),
             Command::Get(args) => ("get", get::run(args).await),
             Command::Watch(args) => ("watch", watch::run(args).await),

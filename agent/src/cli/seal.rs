@@ -1,5 +1,6 @@
 //! `vaultlet seal`: encrypt a plaintext document with Transit and store the
-//! ciphertext in a managed Kubernetes Secret (the seeds' encryptonator).
+//! ciphertext in a managed Kubernetes Secret (the seeds' encryptonator), bound
+//! to that Secret and data key: a copy of it decrypts nowhere else.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -14,8 +15,10 @@ use vaultlet_client::reference::{is_data_key, is_dns_label, is_dns_subdomain};
 use zeroize::Zeroizing;
 
 use super::CmdResult;
-use super::vault::VaultArgs;
-use crate::source::kube::convention::{self, ALLOWED_SERVICE_ACCOUNTS, FORMAT, MANAGED_LABEL, TRANSIT_KEY};
+use super::vault::{VaultArgs, ensure_derived_key};
+use crate::source::kube::convention::{
+    self, ALLOWED_SERVICE_ACCOUNTS, BINDING, BINDING_V1, Binding, FORMAT, MANAGED_LABEL, TRANSIT_KEY,
+};
 use vaultlet_parse::document::{Document, Format, MAX_DOCUMENT_BYTES};
 
 /// Attempts at writing the Secret when someone else changes it meanwhile.
@@ -46,6 +49,12 @@ impl FormatArg {
 /// The document is checked first (it must parse as --format); the plaintext is
 /// never written anywhere nor printed. Other data keys of an existing Secret are
 /// kept. Authenticates to Vault with VAULT_TOKEN or --vault-auth-role.
+///
+/// The ciphertext is bound to its place: Transit encrypts it with a key derived
+/// from `vaultlet/v1/NAMESPACE/NAME/DATA_KEY`, so it decrypts in this Secret and
+/// data key only. A missing Transit key is created as a derived key; an
+/// existing key that is not derived is refused (move its Secrets to a derived
+/// key with `vaultlet recrypt --bind`).
 ///
 /// Example: `vaultlet seal -n payments --name db --transit-key payments --allow api secrets.json`
 #[derive(clap::Args)]
@@ -97,7 +106,9 @@ pub async fn run(args: Args) -> CmdResult {
     Document::parse(format, plaintext.to_vec()).map_err(|e| format!("{}: {e}", args.file.display()))?;
 
     let transit = args.vault.transit()?;
-    let ciphertext = transit.encrypt(&args.transit_key, &plaintext).await?;
+    ensure_derived_key(&transit, &args.transit_key).await?;
+    let place = convention::place(&args.namespace, &args.name, &data_key);
+    let ciphertext = transit.encrypt(&args.transit_key, &plaintext, Some(&place)).await?;
     drop(plaintext);
     let key_version = crate::transit::key_version(&ciphertext).unwrap_or(0);
 
@@ -177,6 +188,7 @@ async fn write(
         let annotations = secret.metadata.annotations.get_or_insert_with(BTreeMap::new);
         annotations.insert(TRANSIT_KEY.into(), args.transit_key.clone());
         annotations.insert(FORMAT.into(), format.name().into());
+        annotations.insert(BINDING.into(), BINDING_V1.into());
         if let Some(allow) = &args.allow {
             annotations.insert(ALLOWED_SERVICE_ACCOUNTS.into(), allow.join(","));
         }
@@ -212,6 +224,12 @@ fn check_compatible(s: &Secret, what: &str, args: &Args, data_key: &str, format:
     let others = s.data.as_ref().is_some_and(|d| d.keys().any(|k| k != data_key));
     if !others {
         return Ok(());
+    }
+    if convention::binding(s).map_err(|e| format!("{what}: {e}"))? == Binding::Unbound {
+        return Err(format!(
+            "{what} holds other data keys sealed before bindings (no {BINDING} annotation); bind them first with \
+             `vaultlet recrypt --bind`"
+        ));
     }
     if let Some(key) = convention::annotation(s, TRANSIT_KEY).filter(|k| *k != args.transit_key) {
         return Err(format!(

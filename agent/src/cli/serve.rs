@@ -10,11 +10,11 @@ use crate::cache::Cache;
 use crate::config::ServeArgs;
 use crate::identity::pods::NodePods;
 use crate::identity::review::Reviewer;
-use crate::identity::{Authenticator, KubeAuth, RateLimiter};
-use crate::limits::Admission;
+use crate::identity::{Authenticator, KubeAuth};
+use crate::limits::{Admission, RateLimiter};
 use crate::metrics::Metrics;
-use crate::policy::{Policy, PolicyFile};
-use crate::server::{self, SecretsService};
+use crate::policy::{Grants, Policy};
+use crate::server::{self, Parts, SecretsService};
 use crate::source::change_channel;
 use crate::source::kube::KubeSource;
 use crate::transit::{Transit, VaultAuth, VaultSettings};
@@ -45,11 +45,15 @@ pub async fn run(args: Args) -> CmdResult {
     crate::hygiene::raise_open_files_limit();
     crate::hygiene::trim_memory_periodically();
     super::install_crypto_provider();
-    let grants = match &config.policy_file {
-        Some(path) => PolicyFile::load(path)?.grants,
-        None => Vec::new(),
+    // The watcher lives as long as the agent: dropping it stops the reloads.
+    let (grants, _policy_watcher) = match &config.policy_file {
+        Some(path) => {
+            let (grants, watcher) = Grants::follow(path)?;
+            (grants, Some(watcher))
+        }
+        None => (Grants::new(Vec::new()), None),
     };
-    let audit = AuditLog::open(&config.audit_log)?;
+    let audit = AuditLog::open(&config.audit_log, config.audit_fsync)?;
     let shutdown = shutdown_on_signal()?;
     let metrics = Arc::new(Metrics::default());
 
@@ -73,8 +77,8 @@ pub async fn run(args: Args) -> CmdResult {
 
     let (changes_tx, changes_rx) = change_channel();
     let source =
-        Arc::new(KubeSource::start(kube.clone(), &config.namespaces, transit.clone(), metrics.clone(), changes_tx));
-    let cache = Cache::new(source.clone());
+        Arc::new(KubeSource::start(kube.clone(), config.secrets.clone(), transit.clone(), metrics.clone(), changes_tx));
+    let cache = Cache::new(source.clone(), config.cache_idle_ttl);
     tokio::spawn(cache.clone().run_refresh(changes_rx));
 
     let pods = NodePods::start(kube.clone(), &config.node_name);
@@ -93,8 +97,15 @@ pub async fn run(args: Args) -> CmdResult {
         limiter: RateLimiter::new(REVIEW_BURST, REVIEW_PER_SECOND),
     }));
     let policy = Policy::Kubernetes { source, grants };
-    let service =
-        SecretsService::new(cache, auth, policy, metrics, Some(audit), Admission::new(config.limits), shutdown.clone());
+    let service = SecretsService::new(Parts {
+        cache,
+        auth: Arc::new(auth),
+        policy: Arc::new(policy),
+        metrics,
+        audit: Some(audit),
+        admission: Admission::new(config.limits),
+        shutdown: shutdown.clone(),
+    });
     let listener = server::bind(&config.socket).await?;
     tracing::info!(
         socket = %config.socket.display(),
@@ -102,7 +113,7 @@ pub async fn run(args: Args) -> CmdResult {
         vault = %config.vault_addr,
         node = %config.node_name,
         peer_binding = ?config.peer_binding,
-        namespaces = %if config.namespaces.is_empty() { "*".to_owned() } else { config.namespaces.join(",") },
+        namespaces = %if config.secrets.namespaces.is_empty() { "*".to_owned() } else { config.secrets.namespaces.join(",") },
         "serving"
     );
     server::serve(listener, &config.socket, config.proc_root.clone(), service, shutdown).await?;

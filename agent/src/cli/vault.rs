@@ -59,3 +59,21 @@ impl VaultArgs {
         Ok(Transit::new(settings, auth, self.transit_mount.clone(), Default::default())?)
     }
 }
+
+/// Creates `key` as a derived key when it does not exist; refuses a key that
+/// is not derived (it would bind nothing).
+pub async fn ensure_derived_key(transit: &Transit, key: &str) -> Result<(), Box<dyn std::error::Error>> {
+    match transit.key_info_opt(key).await? {
+        Some(info) if info.derived => Ok(()),
+        Some(_) => Err(format!(
+            "Transit key {key:?} exists and is not derived, so it cannot bind a ciphertext to its Secret; name a new \
+             key (it is created derived), and move the Secrets sealed under {key:?} with `vaultlet recrypt --bind`"
+        )
+        .into()),
+        None => {
+            transit.create_derived_key(key).await?;
+            println!("created Transit key {key} (derived)");
+            Ok(())
+        }
+    }
+}

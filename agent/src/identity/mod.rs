@@ -4,9 +4,11 @@
 //! copied out of its pod is worthless here. In development mode every caller
 //! of the socket is trusted.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tonic::metadata::MetadataMap;
 
 pub mod peer;
 pub mod pods;
@@ -16,6 +18,8 @@ use peer::{Peer, PeerPod};
 use pods::NodePods;
 use review::{ReviewError, Reviewed, Reviewer};
 pub use vaultlet_parse::config::PeerBinding;
+
+use crate::limits::{PeerKey, RateLimiter};
 use vaultlet_parse::token::{self, TokenError};
 
 /// The authenticated caller of a request (shared by the calls of a connection
@@ -28,6 +32,12 @@ pub struct Caller {
     pub service_account: Option<String>,
     /// The pod the token is bound to (production).
     pub pod: Option<Arc<Reviewed>>,
+    /// When the token expires: a watch open with it ends then (the client
+    /// reconnects with the token kubelet has rotated in meanwhile).
+    pub valid_until: Option<SystemTime>,
+    /// The token's pod is not the calling process's pod, and `--peer-binding
+    /// warn` let the call through: its audit record says so.
+    pub binding_violated: bool,
     /// `NAMESPACE/SERVICEACCOUNT`, `NAMESPACE/POD` and the pod UID, as audit
     /// records name them (made once, not per call).
     pub audit_name: Option<Arc<str>>,
@@ -38,15 +48,24 @@ pub struct Caller {
 impl Caller {
     pub fn new(namespace: String, service_account: Option<String>, pod: Option<Arc<Reviewed>>) -> Caller {
         let audit_name = service_account.as_ref().map(|sa| format!("{namespace}/{sa}").into());
-        let audit_pod = pod.as_ref().and_then(|p| p.pod_name.as_ref().map(|n| format!("{}/{n}", p.namespace).into()));
+        let audit_pod = pod.as_ref().map(|p| format!("{}/{}", p.namespace, p.pod_name).into());
         let audit_pod_uid = pod.as_ref().map(|p| p.pod_uid.as_str().into());
-        Caller { namespace, service_account, pod, audit_name, audit_pod, audit_pod_uid }
+        Caller {
+            namespace,
+            service_account,
+            pod,
+            valid_until: None,
+            binding_violated: false,
+            audit_name,
+            audit_pod,
+            audit_pod_uid,
+        }
     }
 }
 
 /// Why a caller was not authenticated. Messages tell the caller what to fix
 /// and never contain the token.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AuthError {
     #[error(
         "no ServiceAccount token: send `authorization: Bearer <token>` with the projected token of audience {audience:?}"
@@ -66,6 +85,8 @@ pub enum AuthError {
     PeerUnknown(String),
     #[error("the token's pod {pod} does not run on this node ({node}); call the agent on its own node")]
     OtherNode { pod: String, node: String },
+    #[error("the token's pod {pod} is gone (deleted from this node); its tokens are no longer accepted")]
+    PodGone { pod: String },
 }
 
 impl AuthError {
@@ -88,7 +109,7 @@ pub struct KubeAuth {
     pub reviewer: Reviewer,
     pub peer_binding: PeerBinding,
     pub node: String,
-    /// Pods of this node, for tokens whose review does not name the node.
+    /// Pods of this node: whether a token's pod runs here, and is not gone.
     pub pods: NodePods,
     pub limiter: RateLimiter,
 }
@@ -99,43 +120,101 @@ impl Authenticator {
         Authenticator::Open { caller: Arc::new(Caller::new(namespace.to_owned(), None, None)) }
     }
 
-    pub async fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Arc<Caller>, AuthError> {
+    /// The caller of a request from `peer` with `metadata`.
+    pub async fn authenticate(&self, peer: Option<&Peer>, metadata: &MetadataMap) -> Result<Arc<Caller>, AuthError> {
+        let caller = match self {
+            Authenticator::Open { caller } => caller.clone(),
+            Authenticator::Kubernetes(k) => k.authenticate(peer, metadata).await?,
+        };
+        if let Some(p) = peer {
+            p.mark_authenticated();
+        }
+        Ok(caller)
+    }
+
+    /// Whether `caller` may still act now: its token has not expired and its
+    /// pod is not gone. Open watches ask this on every wake-up.
+    pub fn still_valid(&self, caller: &Caller) -> Result<(), AuthError> {
+        let Authenticator::Kubernetes(k) = self else { return Ok(()) };
+        if caller.valid_until.is_some_and(|t| SystemTime::now() >= t) {
+            return Err(TokenError::Expired.into());
+        }
+        match &caller.pod {
+            Some(pod) => k.check_not_gone(pod),
+            None => Ok(()),
+        }
+    }
+
+    /// Changes after which `still_valid` may answer differently (pods gone).
+    pub fn changes(&self) -> Option<watch::Receiver<u64>> {
         match self {
-            Authenticator::Open { caller } => Ok(caller.clone()),
-            Authenticator::Kubernetes(k) => k.authenticate(request).await,
+            Authenticator::Open { .. } => None,
+            Authenticator::Kubernetes(k) => Some(k.pods.gone()),
+        }
+    }
+
+    /// Why a connection from `peer` is refused as soon as it is accepted:
+    /// with `--peer-binding enforce`, a process outside any pod (or one that
+    /// cannot be identified) could never use a token here.
+    pub fn refuse_at_accept(&self, peer: &Peer) -> Option<AuthError> {
+        let Authenticator::Kubernetes(k) = self else { return None };
+        if k.peer_binding != PeerBinding::Enforce {
+            return None;
+        }
+        match &peer.pod {
+            PeerPod::Pod(_) => None,
+            PeerPod::OutsidePods => Some(AuthError::PeerOutsidePods),
+            PeerPod::Unknown(why) => Some(AuthError::PeerUnknown(why.clone())),
         }
     }
 }
 
 impl KubeAuth {
-    async fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Arc<Caller>, AuthError> {
-        let peer = request.extensions().get::<Peer>();
-        let token = bearer(request, &self.audience)?;
+    async fn authenticate(&self, peer: Option<&Peer>, metadata: &MetadataMap) -> Result<Arc<Caller>, AuthError> {
+        let token = bearer(metadata, &self.audience)?;
         // The connection's last caller, while its review is fresh: a client
         // sends the same token on every call, so this is the common case.
         if let Some(caller) = peer.and_then(|p| p.memo.get(token)) {
+            if let Some(pod) = &caller.pod {
+                self.check_not_gone(pod)?;
+            }
             return Ok(caller);
         }
         let claims = token::peek(token)?;
         token::precheck(&claims, &self.audience, unix_now())?;
-        let (reviewed, fresh_until) =
-            self.reviewer.review(token, &claims, || self.limiter.allow(&peer_key(peer))).await?;
-        self.check_peer(peer, &reviewed)?;
+        // A token presented by a process of another pod is refused before it
+        // costs a TokenReview (the claim is unverified, but only a match goes on).
+        if self.peer_binding == PeerBinding::Enforce
+            && let Some(PeerPod::Pod(uid)) = peer.map(|p| &p.pod)
+            && claims.pod_uid.as_deref() != Some(uid.as_str())
+        {
+            let pod = claims.pod_name.clone().or(claims.pod_uid.clone()).unwrap_or_default();
+            return Err(AuthError::PeerMismatch { pod });
+        }
+        let key = peer.map_or(PeerKey::Unidentified, Peer::key);
+        let (reviewed, fresh_until) = self.reviewer.review(token, &claims, || self.limiter.allow(&key)).await?;
+        let violated = self.check_peer(peer, &reviewed)?;
         self.check_node(&reviewed)?;
-        let caller =
-            Arc::new(Caller::new(reviewed.namespace.clone(), Some(reviewed.service_account.clone()), Some(reviewed)));
+        self.check_not_gone(&reviewed)?;
+        let mut caller =
+            Caller::new(reviewed.namespace.clone(), Some(reviewed.service_account.clone()), Some(reviewed));
+        caller.valid_until = claims.exp.map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
+        caller.binding_violated = violated;
+        let caller = Arc::new(caller);
         if let Some(p) = peer {
             p.memo.put(token, caller.clone(), fresh_until);
         }
         Ok(caller)
     }
 
-    fn check_peer(&self, peer: Option<&Peer>, reviewed: &Reviewed) -> Result<(), AuthError> {
+    /// Refuses a token whose pod is not the peer's (enforce); in warn mode
+    /// lets it through and says so (`true`).
+    fn check_peer(&self, peer: Option<&Peer>, reviewed: &Reviewed) -> Result<bool, AuthError> {
         if self.peer_binding == PeerBinding::Off {
-            return Ok(());
+            return Ok(false);
         }
         let refusal = match peer.map(|p| &p.pod) {
-            Some(PeerPod::Pod(uid)) if *uid == reviewed.pod_uid => return Ok(()),
+            Some(PeerPod::Pod(uid)) if *uid == reviewed.pod_uid => return Ok(false),
             Some(PeerPod::Pod(_)) => AuthError::PeerMismatch { pod: pod_name(reviewed) },
             Some(PeerPod::OutsidePods) => AuthError::PeerOutsidePods,
             Some(PeerPod::Unknown(why)) => AuthError::PeerUnknown(why.clone()),
@@ -143,7 +222,7 @@ impl KubeAuth {
         };
         if self.peer_binding == PeerBinding::Warn {
             tracing::warn!(pid = ?peer.and_then(|p| p.pid), error = %refusal, "peer binding would refuse this call (--peer-binding warn)");
-            return Ok(());
+            return Ok(true);
         }
         Err(refusal)
     }
@@ -151,67 +230,29 @@ impl KubeAuth {
     fn check_node(&self, reviewed: &Reviewed) -> Result<(), AuthError> {
         let here = match &reviewed.node_name {
             Some(node) => *node == self.node,
-            None => reviewed
-                .pod_name
-                .as_deref()
-                .is_some_and(|name| self.pods.runs_here(&reviewed.namespace, name, &reviewed.pod_uid)),
+            None => self.pods.runs_here(&reviewed.namespace, &reviewed.pod_name, &reviewed.pod_uid),
         };
         if here { Ok(()) } else { Err(AuthError::OtherNode { pod: pod_name(reviewed), node: self.node.clone() }) }
+    }
+
+    /// A pod this agent saw deleted is refused at once, whatever a review
+    /// cache (ours, or the API server's) still says of its tokens.
+    fn check_not_gone(&self, reviewed: &Reviewed) -> Result<(), AuthError> {
+        if self.pods.is_gone(&reviewed.pod_uid) {
+            return Err(AuthError::PodGone { pod: pod_name(reviewed) });
+        }
+        Ok(())
     }
 }
 
 fn pod_name(r: &Reviewed) -> String {
-    format!("{}/{}", r.namespace, r.pod_name.as_deref().unwrap_or(&r.pod_uid))
-}
-
-/// Rate limits are per pod (or per process outside pods).
-fn peer_key(peer: Option<&Peer>) -> String {
-    match peer {
-        Some(Peer { pod: PeerPod::Pod(uid), .. }) => uid.clone(),
-        Some(Peer { pid: Some(pid), .. }) => format!("pid:{pid}"),
-        _ => "unknown".into(),
-    }
-}
-
-/// Token buckets per peer: how many TokenReviews (cache misses) a peer may
-/// cause. A flood of bad tokens from one pod cannot become a flood of reviews.
-pub struct RateLimiter {
-    burst: f64,
-    per_second: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    pub fn new(burst: u32, per_second: u32) -> RateLimiter {
-        RateLimiter { burst: f64::from(burst), per_second: f64::from(per_second), buckets: Mutex::default() }
-    }
-
-    pub fn allow(&self, key: &str) -> bool {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().expect("limiter lock");
-        if buckets.len() > 4096 {
-            // Forget peers whose buckets are full again: they owe nothing.
-            let (burst, rate) = (self.burst, self.per_second);
-            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
-        }
-        let (tokens, at) = buckets.entry(key.to_owned()).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+    format!("{}/{}", r.namespace, r.pod_name)
 }
 
 /// The token of `authorization: Bearer <token>` (borrowed from the request).
-fn bearer<'a, T>(request: &'a tonic::Request<T>, audience: &str) -> Result<&'a str, AuthError> {
-    let value = request
-        .metadata()
-        .get("authorization")
-        .ok_or_else(|| AuthError::MissingToken { audience: audience.to_owned() })?;
+fn bearer<'a>(metadata: &'a MetadataMap, audience: &str) -> Result<&'a str, AuthError> {
+    let value =
+        metadata.get("authorization").ok_or_else(|| AuthError::MissingToken { audience: audience.to_owned() })?;
     let text = value.to_str().map_err(|_| AuthError::MalformedHeader)?;
     let (scheme, token) = text.split_once(' ').ok_or(AuthError::MalformedHeader)?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
@@ -222,17 +263,4 @@ fn bearer<'a, T>(request: &'a tonic::Request<T>, audience: &str) -> Result<&'a s
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_limiter_allows_a_burst_then_refuses() {
-        let l = RateLimiter::new(3, 1);
-        assert!((0..3).all(|_| l.allow("pod-a")));
-        assert!(!l.allow("pod-a"));
-        assert!(l.allow("pod-b"), "buckets are per peer");
-    }
 }

@@ -29,7 +29,7 @@ const EXTRA_NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 pub struct Reviewed {
     pub namespace: String,
     pub service_account: String,
-    pub pod_name: Option<String>,
+    pub pod_name: String,
     pub pod_uid: String,
     /// Present when the API server reports it (Kubernetes 1.30+ bound tokens).
     pub node_name: Option<String>,
@@ -41,7 +41,10 @@ pub enum ReviewError {
     Rejected(String),
     #[error("the token does not belong to a ServiceAccount")]
     NotServiceAccount,
-    #[error("the token is not bound to a pod (a legacy Secret-based token?)")]
+    #[error(
+        "the Kubernetes API does not say which pod the token is bound to (no pod-name and pod-uid in the \
+         TokenReview): a legacy Secret-based token, or an API server older than 1.22"
+    )]
     NotPodBound,
     #[error("cannot review the token: the Kubernetes API is unavailable: {0}")]
     Unavailable(String),
@@ -114,7 +117,7 @@ impl Reviewer {
                 if !may_call() {
                     return (Err(ReviewError::RateLimited), Instant::now());
                 }
-                let outcome = self.call(token, claims).await;
+                let outcome = self.call(token).await;
                 (outcome.clone(), self.cache_until(&outcome, claims))
             })
             .await;
@@ -135,7 +138,7 @@ impl Reviewer {
         }
     }
 
-    async fn call(&self, token: &str, claims: &Claims) -> Outcome {
+    async fn call(&self, token: &str) -> Outcome {
         self.metrics.token_reviews.inc();
         let review = TokenReview {
             spec: TokenReviewSpec { token: Some(token.to_owned()), audiences: Some(vec![self.audience.clone()]) },
@@ -160,14 +163,12 @@ impl Reviewer {
             .and_then(|rest| rest.split_once(':'))
             .map(|(ns, sa)| (ns.to_owned(), sa.to_owned()))
             .ok_or(ReviewError::NotServiceAccount)?;
+        // The pod comes from what the API server vouches for, never from the
+        // token's own (unverified) claims.
         let extra = |name: &str| user.extra.as_ref()?.get(name)?.first().cloned();
-        let pod_uid = extra(EXTRA_POD_UID).or_else(|| claims.pod_uid.clone()).ok_or(ReviewError::NotPodBound)?;
-        Ok(Arc::new(Reviewed {
-            namespace,
-            service_account,
-            pod_name: extra(EXTRA_POD_NAME).or_else(|| claims.pod_name.clone()),
-            pod_uid,
-            node_name: extra(EXTRA_NODE_NAME),
-        }))
+        let (Some(pod_name), Some(pod_uid)) = (extra(EXTRA_POD_NAME), extra(EXTRA_POD_UID)) else {
+            return Err(ReviewError::NotPodBound);
+        };
+        Ok(Arc::new(Reviewed { namespace, service_account, pod_name, pod_uid, node_name: extra(EXTRA_NODE_NAME) }))
     }
 }

@@ -112,7 +112,7 @@ impl FileSource {
                 }
             }
         }
-        Loaded::Version(SecretVersion { revision, documents })
+        Loaded::Version(SecretVersion { revision, documents, unbound: false })
     }
 }
 

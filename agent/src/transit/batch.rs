@@ -1,6 +1,7 @@
 //! Transit batch endpoints (`decrypt` and `rewrap` with `batch_input`), which
 //! vaultrs does not offer. Called with the same reqwest client and token as
-//! vaultrs's own calls; plaintext is decoded into zeroizing buffers.
+//! vaultrs's own calls; plaintext is decoded into zeroizing buffers. Each item
+//! carries the derivation context of the place its ciphertext is bound to.
 
 use std::sync::Arc;
 
@@ -9,8 +10,8 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::ErrorKind;
 use super::session::Session;
+use super::{ErrorKind, Sealed};
 
 #[derive(Serialize)]
 struct BatchRequest<'a> {
@@ -22,6 +23,9 @@ struct BatchRequest<'a> {
 #[derive(Serialize)]
 struct Item<'a> {
     ciphertext: &'a str,
+    /// Base64 of the context; absent for a ciphertext bound to no place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -57,9 +61,9 @@ pub async fn decrypt(
     http: &reqwest::Client,
     session: Arc<Session>,
     url: String,
-    ciphertexts: &[String],
+    items: &[Sealed],
 ) -> Result<Vec<ItemResult<Zeroizing<Vec<u8>>>>, ErrorKind> {
-    let results: Vec<DecryptResult> = call(http, &session, url, ciphertexts).await?;
+    let results: Vec<DecryptResult> = call(http, &session, url, items).await?;
     Ok(results
         .into_iter()
         .map(|r| match r.error.filter(|e| !e.is_empty()) {
@@ -79,9 +83,9 @@ pub async fn rewrap(
     http: &reqwest::Client,
     session: Arc<Session>,
     url: String,
-    ciphertexts: &[String],
+    items: &[Sealed],
 ) -> Result<Vec<ItemResult<String>>, ErrorKind> {
-    let results: Vec<RewrapResult> = call(http, &session, url, ciphertexts).await?;
+    let results: Vec<RewrapResult> = call(http, &session, url, items).await?;
     Ok(results
         .into_iter()
         .map(|r| match r.error.filter(|e| !e.is_empty()) {
@@ -95,10 +99,14 @@ async fn call<T: for<'de> Deserialize<'de>>(
     http: &reqwest::Client,
     session: &Session,
     url: String,
-    ciphertexts: &[String],
+    items: &[Sealed],
 ) -> Result<Vec<T>, ErrorKind> {
+    let b64 = |c: &str| base64::engine::general_purpose::STANDARD.encode(c);
     let body = BatchRequest {
-        batch_input: ciphertexts.iter().map(|c| Item { ciphertext: c }).collect(),
+        batch_input: items
+            .iter()
+            .map(|i| Item { ciphertext: &i.ciphertext, context: i.context.as_deref().map(b64) })
+            .collect(),
         partial_failure_response_code: 200,
     };
     let body = serde_json::to_vec(&body).map_err(|e| ErrorKind::Protocol(e.to_string()))?;
@@ -118,9 +126,9 @@ async fn call<T: for<'de> Deserialize<'de>>(
     let bytes = resp.bytes().await.map_err(|e| ErrorKind::Unavailable(without_url(&e)))?;
     let envelope: Option<Envelope<T>> = serde_json::from_slice(&bytes).ok();
     match (status, envelope) {
-        (200, Some(Envelope { data: Some(d), .. })) => check_len(d.batch_results, ciphertexts.len()),
+        (200, Some(Envelope { data: Some(d), .. })) => check_len(d.batch_results, items.len()),
         // Every item failed: still a 400 with per-item reasons.
-        (400, Some(Envelope { data: Some(d), .. })) => check_len(d.batch_results, ciphertexts.len()),
+        (400, Some(Envelope { data: Some(d), .. })) => check_len(d.batch_results, items.len()),
         (403, _) => Err(ErrorKind::Denied("permission denied".into())),
         (400 | 404, Some(e)) => Err(ErrorKind::Rejected(e.errors.join("; "))),
         (s, e) if s >= 500 || s == 429 => Err(ErrorKind::Unavailable(format!(

@@ -1,9 +1,15 @@
 //! Vault/OpenBao Transit, as the agent and its tools use it: Kubernetes-auth
 //! login with short-lived tokens (one login in flight, again before expiry and
-//! on a 403), batch decrypt with coalescing of identical ciphertexts, and the
-//! key operations of `seal` and `recrypt`. Every call has a deadline.
+//! on a 403), batch decrypt with coalescing of identical requests, and the key
+//! operations of `seal` and `recrypt`. Every call has a deadline.
+//!
+//! Ciphertexts are bound to a place: each carries the derivation context of the
+//! Secret and data key it was sealed for, and Transit decrypts it under that
+//! context only. That holds only for derived keys (Transit ignores the context
+//! of any other key), so the first bound decrypt under a key also asks Transit
+//! to decrypt under a context nobody uses: a key that accepts it is refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,11 +93,35 @@ pub type Plaintext = Arc<Zeroizing<Vec<u8>>>;
 pub type Decrypted = Result<Plaintext, String>;
 type SharedItem = Shared<BoxFuture<'static, Result<Decrypted, TransitError>>>;
 
-/// The latest and the lowest decryptable versions of a key.
+/// A ciphertext and the derivation context of the place it is bound to
+/// (`None`: a legacy ciphertext bound to no place).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Sealed {
+    pub ciphertext: String,
+    pub context: Option<String>,
+}
+
+impl Sealed {
+    pub fn bound(ciphertext: impl Into<String>, context: impl Into<String>) -> Sealed {
+        Sealed { ciphertext: ciphertext.into(), context: Some(context.into()) }
+    }
+
+    pub fn unbound(ciphertext: impl Into<String>) -> Sealed {
+        Sealed { ciphertext: ciphertext.into(), context: None }
+    }
+}
+
+/// A context no Secret has (places are `vaultlet/v1/...`): a key that decrypts
+/// under it ignores contexts, so it binds nothing.
+const PROBE_CONTEXT: &str = "vaultlet/probe/no-place";
+
+/// The latest and the lowest decryptable versions of a key, and whether it
+/// derives a key per context (only then are ciphertexts bound to their place).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyInfo {
     pub latest_version: u32,
     pub min_decryption_version: u32,
+    pub derived: bool,
 }
 
 pub struct Transit {
@@ -102,9 +132,12 @@ pub struct Transit {
     auth: VaultAuth,
     timeout: Duration,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
-    /// Decrypts in flight, by (key, ciphertext), tagged with their batch.
-    inflight: Mutex<HashMap<(String, String), (u64, SharedItem)>>,
+    /// Decrypts in flight, by key and item (context included: the same
+    /// ciphertext under another context is another request), tagged with their batch.
+    inflight: Mutex<HashMap<(String, Sealed), (u64, SharedItem)>>,
     batches: AtomicU64,
+    /// Keys a probe showed to be derived (a key cannot stop being derived).
+    derived: Arc<Mutex<HashSet<String>>>,
     metrics: Arc<Metrics>,
     /// The outcome of the last call as far as reachability goes, for readiness.
     health: Mutex<Result<(), String>>,
@@ -140,6 +173,7 @@ impl Transit {
             session: tokio::sync::Mutex::new(None),
             inflight: Mutex::new(HashMap::new()),
             batches: AtomicU64::new(0),
+            derived: Arc::default(),
             metrics,
             health: Mutex::new(Err("not logged in yet".into())),
         }))
@@ -154,22 +188,23 @@ impl Transit {
         self.run("login", |_| async { Ok(()) }).await
     }
 
-    /// Decrypts `ciphertexts` (all under `key`) in one batch call, joining any
-    /// decrypt of the same ciphertext already in flight.
-    pub async fn decrypt(self: &Arc<Self>, key: &str, ciphertexts: &[String]) -> Result<Vec<Decrypted>, TransitError> {
+    /// Decrypts `items` (all under `key`) in one batch call, joining any
+    /// decrypt of the same item already in flight. A bound item decrypts only
+    /// under a derived key (see the module comment).
+    pub async fn decrypt(self: &Arc<Self>, key: &str, items: &[Sealed]) -> Result<Vec<Decrypted>, TransitError> {
         let waits: Vec<SharedItem> = {
             let mut inflight = self.inflight.lock().expect("inflight lock");
-            let mut waits: Vec<Option<SharedItem>> = ciphertexts
-                .iter()
-                .map(|c| inflight.get(&(key.to_owned(), c.clone())).map(|(_, f)| f.clone()))
-                .collect();
-            let missing: Vec<usize> = (0..ciphertexts.len()).filter(|&i| waits[i].is_none()).collect();
+            let mut waits: Vec<Option<SharedItem>> =
+                items.iter().map(|i| inflight.get(&(key.to_owned(), i.clone())).map(|(_, f)| f.clone())).collect();
+            let missing: Vec<usize> = (0..items.len()).filter(|&i| waits[i].is_none()).collect();
             if !missing.is_empty() {
                 let batch_id = self.batches.fetch_add(1, Ordering::Relaxed);
-                let batch: Vec<String> = missing.iter().map(|&i| ciphertexts[i].clone()).collect();
+                let mut batch: Vec<Sealed> = missing.iter().map(|&i| items[i].clone()).collect();
+                let probe = self.probe_for(key, &batch);
+                batch.extend(probe);
                 let (this, owned_key) = (self.clone(), key.to_owned());
                 let call = async move {
-                    let result = this.decrypt_now(&owned_key, &batch).await.map(Arc::new);
+                    let result = this.decrypt_now(&owned_key, batch).await.map(Arc::new);
                     this.inflight.lock().expect("inflight lock").retain(|_, (b, _)| *b != batch_id);
                     result
                 }
@@ -177,7 +212,7 @@ impl Transit {
                 .shared();
                 for (j, &i) in missing.iter().enumerate() {
                     let item = call.clone().map(move |r| r.map(|all| all[j].clone())).boxed().shared();
-                    inflight.insert((key.to_owned(), ciphertexts[i].clone()), (batch_id, item.clone()));
+                    inflight.insert((key.to_owned(), items[i].clone()), (batch_id, item.clone()));
                     waits[i] = Some(item);
                 }
             }
@@ -186,30 +221,94 @@ impl Transit {
         futures::future::join_all(waits).await.into_iter().collect()
     }
 
-    async fn decrypt_now(&self, key: &str, ciphertexts: &[String]) -> Result<Vec<Decrypted>, TransitError> {
+    /// The probe item a batch under `key` needs: none once the key is known to
+    /// be derived, or when the batch binds nothing.
+    fn probe_for(&self, key: &str, batch: &[Sealed]) -> Option<Sealed> {
+        if self.derived.lock().expect("derived lock").contains(key) {
+            return None;
+        }
+        let bound = batch.iter().find(|i| i.context.is_some())?;
+        Some(Sealed::bound(bound.ciphertext.clone(), PROBE_CONTEXT))
+    }
+
+    /// One batch call; when the batch ends with a probe, its outcome decides
+    /// whether the bound items' plaintext may be used.
+    async fn decrypt_now(&self, key: &str, batch: Vec<Sealed>) -> Result<Vec<Decrypted>, TransitError> {
+        let probed = batch.last().is_some_and(|i| i.context.as_deref() == Some(PROBE_CONTEXT));
         self.metrics.transit_decrypt_calls.inc();
-        self.metrics.transit_decrypted_items.inc_by(ciphertexts.len() as u64);
+        self.metrics.transit_decrypted_items.inc_by(batch.len() as u64);
         let url = self.url("decrypt", key);
-        let items = self.run("decrypt", |s| batch::decrypt(&self.http, s, url.clone(), ciphertexts)).await?;
-        Ok(items.into_iter().map(|r| r.map(Arc::new)).collect())
+        let mut results: Vec<Decrypted> = self
+            .run("decrypt", |s| batch::decrypt(&self.http, s, url.clone(), &batch))
+            .await?
+            .into_iter()
+            .map(|r| r.map(Arc::new))
+            .collect();
+        if !probed {
+            return Ok(results);
+        }
+        // Dropping the probe's plaintext (if any) zeroizes it.
+        if results.pop().is_some_and(|probe| probe.is_err()) {
+            self.derived.lock().expect("derived lock").insert(key.to_owned());
+            return Ok(results);
+        }
+        let refusal = format!(
+            "Transit key {key:?} is not derived, so it cannot bind a ciphertext to its Secret; \
+             move the Secret to a derived key with `vaultlet recrypt --bind`"
+        );
+        Ok(results
+            .into_iter()
+            .zip(&batch)
+            .map(|(r, item)| if item.context.is_some() { Err(refusal.clone()) } else { r })
+            .collect())
     }
 
-    /// Re-encrypts with the key's latest version; plaintext never leaves Transit.
-    pub async fn rewrap(&self, key: &str, ciphertexts: &[String]) -> Result<Vec<Result<String, String>>, TransitError> {
+    /// Re-encrypts with the key's latest version, each item under its own
+    /// context; plaintext never leaves Transit.
+    pub async fn rewrap(&self, key: &str, items: &[Sealed]) -> Result<Vec<Result<String, String>>, TransitError> {
         let url = self.url("rewrap", key);
-        self.run("rewrap", |s| batch::rewrap(&self.http, s, url.clone(), ciphertexts)).await
+        self.run("rewrap", |s| batch::rewrap(&self.http, s, url.clone(), items)).await
     }
 
-    pub async fn encrypt(&self, key: &str, plaintext: &[u8]) -> Result<String, TransitError> {
+    /// Encrypts `plaintext` under `key`, bound to `context` when given.
+    pub async fn encrypt(&self, key: &str, plaintext: &[u8], context: Option<&str>) -> Result<String, TransitError> {
         let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(plaintext));
         let encoded = encoded.as_str();
-        self.run("encrypt", |s| async move {
-            vaultrs::transit::data::encrypt(&*s, &self.mount, key, encoded, None)
-                .await
-                .map(|r| r.ciphertext)
-                .map_err(classify)
+        let context = context.map(|c| base64::engine::general_purpose::STANDARD.encode(c));
+        self.run("encrypt", |s| {
+            let context = context.clone();
+            async move {
+                let mut opts = vaultrs::api::transit::requests::EncryptDataRequest::builder();
+                if let Some(c) = context {
+                    opts.context(c);
+                }
+                vaultrs::transit::data::encrypt(&*s, &self.mount, key, encoded, Some(&mut opts))
+                    .await
+                    .map(|r| r.ciphertext)
+                    .map_err(classify)
+            }
         })
         .await
+    }
+
+    /// Creates `key` as a derived key (one key per context: what binds a
+    /// ciphertext to its place).
+    pub async fn create_derived_key(&self, key: &str) -> Result<(), TransitError> {
+        self.run("create key", |s| async move {
+            let mut opts = vaultrs::api::transit::requests::CreateKeyRequest::builder();
+            opts.derived(true);
+            vaultrs::transit::key::create(&*s, &self.mount, key, Some(&mut opts)).await.map_err(classify)
+        })
+        .await
+    }
+
+    /// The key's information, or `None` when there is no such key.
+    pub async fn key_info_opt(&self, key: &str) -> Result<Option<KeyInfo>, TransitError> {
+        match self.key_info(key).await {
+            Ok(info) => Ok(Some(info)),
+            Err(TransitError { kind: ErrorKind::Rejected(r), .. }) if r.starts_with("HTTP 404") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn rotate(&self, key: &str) -> Result<(), TransitError> {
@@ -233,6 +332,7 @@ impl Transit {
             Ok(KeyInfo {
                 latest_version: latest.ok_or_else(|| ErrorKind::Protocol(format!("key {key} lists no versions")))?,
                 min_decryption_version: k.min_decryption_version as u32,
+                derived: k.derived,
             })
         })
         .await

@@ -18,7 +18,7 @@ from .secret import Event, Secret
 from .token import auth_metadata, token_file_path
 from .v1 import secrets_pb2 as pb
 from .v1.secrets_pb2_grpc import SecretsStub
-from .watch import TRANSIENT, Backoff, WatchState
+from .watch import TRANSIENT, Backoff, Reauth, WatchState
 
 log = logging.getLogger("vaultlet")
 
@@ -81,13 +81,15 @@ class AsyncClient:
         return self._follow(WatchState(refs))
 
     async def _follow(self, state: WatchState) -> AsyncIterator[Event]:
-        backoff = Backoff()
+        backoff, reauth = Backoff(), Reauth()
         while not self._closed:
+            reauth.opened()
             call = self._stub.WatchSecrets(state.request(), metadata=auth_metadata(self._token_file))
             self._watches.add(call)
             try:
                 async for message in call:
                     backoff.reset()
+                    reauth.accepted()
                     event = state.accept(message)
                     if event is not None:
                         yield event
@@ -95,7 +97,7 @@ class AsyncClient:
             except grpc.RpcError as e:
                 if self._closed:
                     return
-                if e.code() not in TRANSIENT:
+                if e.code() not in TRANSIENT and not reauth.allows(e.code()):
                     raise from_rpc_error(e) from e
                 why = str(from_rpc_error(e))
             except asyncio.CancelledError:

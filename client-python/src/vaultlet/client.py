@@ -16,7 +16,7 @@ from .reference import RefLike
 from .secret import Event, Secret
 from .token import auth_metadata, token_file_path
 from .v1.secrets_pb2_grpc import SecretsStub
-from .watch import TRANSIENT, Backoff, WatchState
+from .watch import TRANSIENT, Backoff, Reauth, WatchState
 
 log = logging.getLogger("vaultlet")
 
@@ -80,18 +80,21 @@ class Client:
         """Follows secrets: first a `SNAPSHOT` (or `DELETED`) per reference, then
         an event whenever one changes.
 
-        Reconnects by itself, with jittered backoff, when the agent restarts,
-        resuming from what was already yielded: no revision, deletion or error
-        is yielded twice. Raises the agent's error when it refuses the request
-        itself (a bad reference, a refused token); ends when the client is
+        Reconnects by itself, with jittered backoff, when the agent restarts
+        or ends the watch because its token expired (the token file is read
+        again: kubelet has rotated it), resuming from what was already yielded:
+        no revision, deletion or error is yielded twice. Raises the agent's
+        error when it refuses the request itself (a bad reference, a refused
+        token) or revokes access (`PermissionDenied`); ends when the client is
         closed. A malformed reference raises `InvalidArgument` here, at once.
         """
         return self._follow(WatchState(refs))
 
     def _follow(self, state: WatchState) -> Iterator[Event]:
-        backoff = Backoff()
+        backoff, reauth = Backoff(), Reauth()
         while not self._closed.is_set():
             try:
+                reauth.opened()
                 call = self._stub.WatchSecrets(state.request(), metadata=auth_metadata(self._token_file))
             except ValueError:
                 # grpc refuses a closed channel: `close` ran in another thread
@@ -102,6 +105,7 @@ class Client:
             try:
                 for message in call:
                     backoff.reset()
+                    reauth.accepted()
                     event = state.accept(message)
                     if event is not None:
                         yield event
@@ -109,7 +113,7 @@ class Client:
             except grpc.RpcError as e:
                 if self._closed.is_set():
                     return
-                if e.code() not in TRANSIENT:
+                if e.code() not in TRANSIENT and not reauth.allows(e.code()):
                     raise from_rpc_error(e) from e
                 why = str(from_rpc_error(e))
             finally:

@@ -1,10 +1,16 @@
 """What both clients' watches share: the bookkeeping that lets a watch resume
 after an agent restart without yielding anything twice, which failures are
-worth a reconnect, and the backoff between attempts."""
+worth a reconnect, and the backoff between attempts.
+
+The agent ends a watch UNAUTHENTICATED when the token it was opened with
+expires; kubelet has rotated the token file by then, so the watch reconnects
+with the file read again (`Reauth`). PERMISSION_DENIED (access revoked) ends
+the watch."""
 
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -79,6 +85,39 @@ class WatchState:
             return None
         held.update(event)
         return event
+
+
+REAUTH_ATTEMPTS = 5
+"""Reconnects after UNAUTHENTICATED before the watch gives up (the token file
+was not rotated: the token is bad for good)."""
+SETTLED = 30.0
+"""Seconds a stream stays open that prove its token was good: the attempts refill."""
+
+
+class Reauth:
+    """Whether an UNAUTHENTICATED is worth a reconnect: only for a watch the
+    agent accepted before (its token has expired since), a few times."""
+
+    def __init__(self) -> None:
+        self._accepted = False
+        self._left = REAUTH_ATTEMPTS
+        self._opened_at = time.monotonic()
+
+    def opened(self) -> None:
+        self._opened_at = time.monotonic()
+
+    def accepted(self) -> None:
+        self._accepted = True
+
+    def allows(self, code: grpc.StatusCode) -> bool:
+        if code != grpc.StatusCode.UNAUTHENTICATED or not self._accepted:
+            return False
+        if time.monotonic() - self._opened_at >= SETTLED:
+            self._left = REAUTH_ATTEMPTS
+        if self._left == 0:
+            return False
+        self._left -= 1
+        return True
 
 
 class Backoff:

@@ -12,7 +12,8 @@ use k8s_openapi::api::core::v1::Secret;
 use secrecy::SecretString;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use vaultlet::transit::{Transit, VaultAuth, VaultSettings};
+use vaultlet::source::kube::convention;
+use vaultlet::transit::{Sealed, Transit, VaultAuth, VaultSettings};
 use vaultlet_client::{Client, EventKind, TokenSource};
 
 use crate::bao::ROOT_TOKEN;
@@ -541,16 +542,18 @@ async fn rewrap_hot(stack: &Stack, transit: &Transit) -> Secret {
     let data = secret.data.as_mut().expect("data");
     let (key, ct) =
         data.iter().next().map(|(k, v)| (k.clone(), String::from_utf8(v.0.clone()).expect("utf-8"))).expect("one key");
-    let rewrapped = transit.rewrap(KEY, &[ct]).await.expect("rewrap").remove(0).expect("rewrapped");
+    let sealed = Sealed::bound(ct, convention::place(NS, "hot", &key));
+    let rewrapped = transit.rewrap(KEY, &[sealed]).await.expect("rewrap").remove(0).expect("rewrapped");
     data.insert(key, ByteString(rewrapped.into_bytes()));
     secret
 }
 
 async fn new_content_hot(stack: &Stack, transit: &Transit) -> Secret {
     let mut secret: Secret = stack.kube.get(NS, "hot").expect("hot");
-    let ct = transit.encrypt(KEY, br#"{"name":"hot","password":"changed"}"#).await.expect("encrypt");
     let data = secret.data.as_mut().expect("data");
     let key = data.keys().next().cloned().expect("one key");
+    let place = convention::place(NS, "hot", &key);
+    let ct = transit.encrypt(KEY, br#"{"name":"hot","password":"changed"}"#, Some(&place)).await.expect("encrypt");
     data.insert(key, ByteString(ct.into_bytes()));
     secret
 }

@@ -12,6 +12,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Secret;
+use vaultlet::source::kube::convention;
 use vaultlet::transit::{Transit, VaultAuth, VaultSettings};
 
 #[derive(clap::Args, Debug)]
@@ -130,10 +131,10 @@ async fn seed_read(args: SeedClient) -> Result<(), String> {
     let transit = Transit::new(settings, auth, "transit".into(), Default::default()).map_err(|e| e.to_string())?;
     for name in &args.secrets {
         let secret = secrets.get(name).await.map_err(|e| e.to_string())?;
-        let data = secret.data.unwrap_or_default();
-        let ciphertext = data.values().next().ok_or("no data")?;
-        let ciphertext = String::from_utf8(ciphertext.0.clone()).map_err(|e| e.to_string())?;
-        let plain = transit.decrypt(&args.transit_key, &[ciphertext]).await.map_err(|e| e.to_string())?;
+        // Each ciphertext decrypts under the context of its place, as the agent's do.
+        let managed = convention::read(&secret).map_err(|e| e.to_string())?;
+        let sealed = managed.sealed(&args.namespace, name);
+        let plain = transit.decrypt(&args.transit_key, &sealed[..1]).await.map_err(|e| e.to_string())?;
         let plain = plain.into_iter().next().ok_or("no result")??;
         let _: serde_json::Value = serde_json::from_slice(plain.as_slice()).map_err(|e| e.to_string())?;
     }

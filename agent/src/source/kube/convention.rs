@@ -15,6 +15,26 @@ pub const TRANSIT_KEY: &str = "vaultlet.io/transit-key";
 pub const ALLOWED_SERVICE_ACCOUNTS: &str = "vaultlet.io/allowed-service-accounts";
 /// `json` (default), `yaml`, `env` or `raw`.
 pub const FORMAT: &str = "vaultlet.io/format";
+/// How the ciphertexts are bound to the Secret: `v1` (each data key sealed
+/// under the context `place(...)`); absent: a legacy Secret bound to nothing.
+pub const BINDING: &str = "vaultlet.io/binding";
+pub const BINDING_V1: &str = "v1";
+
+/// The derivation context that binds a ciphertext to one data key of one
+/// Secret. Computed from where the Secret is (its metadata), never from an
+/// annotation: a ciphertext copied anywhere else no longer decrypts.
+pub fn place(namespace: &str, name: &str, data_key: &str) -> String {
+    format!("vaultlet/v1/{namespace}/{name}/{data_key}")
+}
+
+/// What a Secret says of its ciphertexts' binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// Sealed for this Secret (`vaultlet.io/binding: v1`).
+    V1,
+    /// Sealed before bindings existed: decryptable wherever it is copied.
+    Unbound,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConventionError {
@@ -28,13 +48,39 @@ pub enum ConventionError {
     NotCiphertext(String),
     #[error("the Secret has no data")]
     NoData,
+    #[error("annotation {BINDING} {0:?} is not a binding this agent knows (v1); upgrade the agent")]
+    BadBinding(String),
 }
 
-/// A managed Secret, read: its key, format and ciphertexts by data key.
+/// A managed Secret, read: its key, format, binding and ciphertexts by data key.
 pub struct Managed<'a> {
     pub transit_key: &'a str,
     pub format: Format,
+    pub binding: Binding,
     pub ciphertexts: BTreeMap<&'a str, &'a str>,
+}
+
+impl Managed<'_> {
+    /// Each data key's ciphertext with the context it must decrypt under
+    /// (`namespace`/`name`: where the Secret is).
+    pub fn sealed(&self, namespace: &str, name: &str) -> Vec<crate::transit::Sealed> {
+        use crate::transit::Sealed;
+        self.ciphertexts
+            .iter()
+            .map(|(key, ct)| match self.binding {
+                Binding::V1 => Sealed::bound(*ct, place(namespace, name, key)),
+                Binding::Unbound => Sealed::unbound(*ct),
+            })
+            .collect()
+    }
+}
+
+pub fn binding(secret: &Secret) -> Result<Binding, ConventionError> {
+    match annotation(secret, BINDING) {
+        None => Ok(Binding::Unbound),
+        Some(BINDING_V1) => Ok(Binding::V1),
+        Some(other) => Err(ConventionError::BadBinding(other.to_owned())),
+    }
 }
 
 pub fn annotation<'a>(secret: &'a Secret, name: &str) -> Option<&'a str> {
@@ -50,6 +96,7 @@ pub fn read(secret: &Secret) -> Result<Managed<'_>, ConventionError> {
         None => Format::Json,
         Some(f) => Format::parse(f).ok_or_else(|| ConventionError::BadFormat(f.to_owned()))?,
     };
+    let binding = binding(secret)?;
     let data = secret.data.as_ref().filter(|d| !d.is_empty()).ok_or(ConventionError::NoData)?;
     let ciphertexts = data
         .iter()
@@ -58,7 +105,7 @@ pub fn read(secret: &Secret) -> Result<Managed<'_>, ConventionError> {
             _ => Err(ConventionError::NotCiphertext(key.clone())),
         })
         .collect::<Result<_, _>>()?;
-    Ok(Managed { transit_key, format, ciphertexts })
+    Ok(Managed { transit_key, format, binding, ciphertexts })
 }
 
 /// The service accounts the annotation lists, or `None` without the annotation.
@@ -92,8 +139,18 @@ mod tests {
     fn reads_a_managed_secret() {
         let s = secret(&[(TRANSIT_KEY, "app"), (FORMAT, "yaml")], &[("a.yaml", "vault:v2:xyz")]);
         let m = read(&s).unwrap();
-        assert_eq!((m.transit_key, m.format), ("app", Format::Yaml));
+        assert_eq!((m.transit_key, m.format, m.binding), ("app", Format::Yaml, Binding::Unbound));
         assert_eq!(m.ciphertexts["a.yaml"], "vault:v2:xyz");
+        assert_eq!(m.sealed("ns", "s")[0].context, None);
+
+        let s = secret(&[(TRANSIT_KEY, "app"), (BINDING, "v1")], &[("a.json", "vault:v1:xyz")]);
+        let m = read(&s).unwrap();
+        assert_eq!(m.binding, Binding::V1);
+        assert_eq!(m.sealed("shop", "db")[0].context.as_deref(), Some("vaultlet/v1/shop/db/a.json"));
+        assert_eq!(
+            read(&secret(&[(TRANSIT_KEY, "app"), (BINDING, "v9")], &[("a", "vault:v1:x")])).err(),
+            Some(ConventionError::BadBinding("v9".into()))
+        );
     }
 
     #[test]

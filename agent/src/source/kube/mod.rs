@@ -5,8 +5,12 @@
 //! every Secret it sees change is announced, and the cache reloads the ones
 //! somebody asked for. Listing costs no decrypt: a Secret nobody reads is never
 //! sent to Transit.
+//!
+//! Each ciphertext is decrypted under the context of where its Secret is (see
+//! `convention::place`); a Secret sealed before bindings existed is refused
+//! outside the namespaces of the migration window.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -25,9 +29,25 @@ use vaultlet_parse::document::Document;
 
 pub mod convention;
 
+use convention::{BINDING, BINDING_V1, Binding, Managed};
+
+/// What the agent's configuration says about the Secrets it serves.
+#[derive(Debug, Clone, Default)]
+pub struct KubeSourceConfig {
+    /// Namespaces whose Secrets are watched (empty: all).
+    pub namespaces: Vec<String>,
+    /// Namespaces whose unbound (legacy) Secrets are still served: the
+    /// migration window of `vaultlet recrypt --bind`.
+    pub allow_unbound_namespaces: HashSet<String>,
+    /// Per namespace, the only Transit keys its Secrets may name (a namespace
+    /// not listed may name any).
+    pub transit_keys: HashMap<String, Vec<String>>,
+}
+
 pub struct KubeSource {
     /// One store for the whole cluster, or one per watched namespace.
     stores: HashMap<Option<String>, Store<Secret>>,
+    config: KubeSourceConfig,
     /// Set once every store has listed: before, an absent Secret may merely not
     /// be listed yet, so the source answers nothing.
     listed: Arc<AtomicBool>,
@@ -36,16 +56,19 @@ pub struct KubeSource {
 }
 
 impl KubeSource {
-    /// Starts watching managed Secrets (`namespaces` empty: all of them).
+    /// Starts watching managed Secrets (of `config.namespaces`, or all).
     pub fn start(
         client: Client,
-        namespaces: &[String],
+        config: KubeSourceConfig,
         transit: Arc<Transit>,
         metrics: Arc<Metrics>,
         changes: ChangeSender,
     ) -> KubeSource {
-        let scopes: Vec<Option<String>> =
-            if namespaces.is_empty() { vec![None] } else { namespaces.iter().cloned().map(Some).collect() };
+        let scopes: Vec<Option<String>> = if config.namespaces.is_empty() {
+            vec![None]
+        } else {
+            config.namespaces.iter().cloned().map(Some).collect()
+        };
         let mut stores = HashMap::new();
         for scope in scopes {
             let api: Api<Secret> = match &scope {
@@ -68,7 +91,7 @@ impl KubeSource {
             flag.store(true, Ordering::Release);
             tracing::info!("the watch of managed Secrets has listed them");
         });
-        KubeSource { stores, listed, transit, metrics }
+        KubeSource { stores, config, listed, transit, metrics }
     }
 
     /// True once every watch has listed its Secrets.
@@ -81,14 +104,17 @@ impl KubeSource {
         store.get(&ObjectRef::new(&id.name).within(&id.namespace))
     }
 
-    async fn decode(&self, secret: &Secret, revision: String) -> Result<Loaded, Unavailable> {
+    async fn decode(&self, id: &SecretId, secret: &Secret, revision: String) -> Result<Loaded, Unavailable> {
         let invalid = |message: String| Loaded::Invalid { revision: revision.clone(), message };
         let managed = match convention::read(secret) {
             Ok(m) => m,
             Err(e) => return Ok(invalid(e.to_string())),
         };
-        let ciphertexts: Vec<String> = managed.ciphertexts.values().map(|c| (*c).to_owned()).collect();
-        let plaintexts = match self.transit.decrypt(managed.transit_key, &ciphertexts).await {
+        if let Err(refusal) = self.may_decrypt(&id.namespace, &managed) {
+            return Ok(invalid(refusal));
+        }
+        let sealed = managed.sealed(&id.namespace, &id.name);
+        let plaintexts = match self.transit.decrypt(managed.transit_key, &sealed).await {
             Ok(p) => p,
             Err(e) if e.is_transient() => return Err(Unavailable(e.to_string())),
             Err(e) => return Ok(invalid(format!("Transit key {:?}: {e}", managed.transit_key))),
@@ -99,8 +125,13 @@ impl KubeSource {
                 Ok(p) => p,
                 Err(reason) => {
                     return Ok(invalid(format!(
-                        "{key}: Transit key {:?} cannot decrypt it: {reason}",
-                        managed.transit_key
+                        "{key}: Transit key {:?} cannot decrypt it here: {reason}{}",
+                        managed.transit_key,
+                        match managed.binding {
+                            // A bound ciphertext fails here when it was sealed for another place.
+                            Binding::V1 => " (a ciphertext decrypts only in the Secret and data key it was sealed for)",
+                            Binding::Unbound => "",
+                        }
                     )));
                 }
             };
@@ -112,7 +143,30 @@ impl KubeSource {
             documents
                 .insert((*key).to_owned(), DocumentVersion { doc: Arc::new(doc), key_version, format: managed.format });
         }
-        Ok(Loaded::Version(SecretVersion { revision, documents }))
+        let unbound = managed.binding == Binding::Unbound;
+        Ok(Loaded::Version(SecretVersion { revision, documents, unbound }))
+    }
+
+    /// The agent's own rules on a Secret before anything is sent to Transit:
+    /// its binding, and the keys its namespace may name.
+    fn may_decrypt(&self, namespace: &str, managed: &Managed<'_>) -> Result<(), String> {
+        if managed.binding == Binding::Unbound && !self.config.allow_unbound_namespaces.contains(namespace) {
+            return Err(format!(
+                "its ciphertext is not bound to it (sealed before {BINDING}: {BINDING_V1}), so a copy would decrypt \
+                 anywhere: move it to a derived key with `vaultlet recrypt --bind`, or list namespace {namespace} in \
+                 --allow-unbound-namespaces for the migration"
+            ));
+        }
+        if let Some(allowed) = self.config.transit_keys.get(namespace)
+            && !allowed.iter().any(|k| k == managed.transit_key)
+        {
+            return Err(format!(
+                "namespace {namespace} may not use Transit key {:?} (the agent's transit-keys setting allows: {})",
+                managed.transit_key,
+                allowed.join(", ")
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -127,7 +181,7 @@ impl SecretSource for KubeSource {
             if known == Some(revision.as_str()) {
                 return Ok(Loaded::Unchanged);
             }
-            let loaded = self.decode(&secret, revision).await;
+            let loaded = self.decode(id, &secret, revision).await;
             if let Ok(Loaded::Invalid { .. }) = &loaded {
                 self.metrics.undecodable_revisions.inc();
             }

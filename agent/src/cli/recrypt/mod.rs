@@ -1,6 +1,8 @@
 //! `vaultlet recrypt`: rotate each Transit key used by managed Secrets once,
 //! then re-encrypt every ciphertext under it with `rewrap` (plaintext never
 //! leaves Vault) and write the Secrets back with optimistic concurrency.
+//! `--bind` is the one-time migration of legacy Secrets to bound ciphertext
+//! (`bind.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,8 +14,10 @@ use kube::api::{ListParams, PostParams};
 
 use super::CmdResult;
 use super::vault::VaultArgs;
-use crate::source::kube::convention;
-use crate::transit::{Transit, key_version};
+use crate::source::kube::convention::{self, Binding};
+use crate::transit::{Sealed, Transit, key_version};
+
+mod bind;
 
 /// Attempts at writing one Secret when someone else changes it meanwhile.
 const WRITE_ATTEMPTS: usize = 5;
@@ -26,6 +30,14 @@ const WRITE_ATTEMPTS: usize = 5;
 /// resourceVersion (a conflict is retried). Safe to rerun after a crash: a
 /// rerun rotates again and brings everything to the newest version. Prints a
 /// line per Secret and a summary; exits non-zero if any Secret failed.
+///
+/// With --bind, nothing is rotated: Secrets sealed before bindings (no
+/// `vaultlet.io/binding` annotation, a key that is not derived) move to a
+/// derived key, each ciphertext bound to its Secret and data key. Transit cannot
+/// rewrap from one key to another, so for this migration only the plaintext
+/// passes through this job, in memory, once; run it as an operator whose Vault
+/// token may decrypt with the old keys and create and encrypt with the new ones.
+/// Idempotent and resumable: bound Secrets are skipped, a rerun finishes the rest.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -47,8 +59,17 @@ pub struct Args {
     /// key's min_decryption_version to it (older versions can no longer decrypt).
     /// Needs --all-namespaces, so that no Secret under the key is overlooked; assumes
     /// no ciphertext of the key lives outside managed Secrets.
-    #[arg(long, requires = "all_namespaces")]
+    #[arg(long, requires = "all_namespaces", conflicts_with = "bind")]
     trim: bool,
+
+    /// Move legacy (unbound) Secrets to a derived key instead of rotating (see above).
+    #[arg(long)]
+    bind: bool,
+
+    /// With --bind: the derived key to move them to [default: OLD-bound for each
+    /// old key OLD]; created when missing.
+    #[arg(long, requires = "bind", value_name = "KEY")]
+    bind_key: Option<String>,
 }
 
 #[derive(Default)]
@@ -73,6 +94,9 @@ pub async fn run(args: Args) -> CmdResult {
         .list(&ListParams::default().labels(convention::MANAGED_SELECTOR))
         .await
         .map_err(|e| format!("listing managed Secrets: {}", super::kube_error(&e)))?;
+    if args.bind {
+        return bind::run(&args, &transit, &kube, listed.items).await;
+    }
 
     let mut tally = Tally::default();
     let mut by_key: BTreeMap<String, Vec<Secret>> = BTreeMap::new();
@@ -192,8 +216,17 @@ async fn recrypt_secret(
         if convention::annotation(&secret, convention::TRANSIT_KEY) != Some(key) {
             return Err("its transit key changed while recrypting; rerun".into());
         }
-        let ciphertexts: Vec<String> = stale.values().cloned().collect();
-        let rewrapped = transit.rewrap(key, &ciphertexts).await.map_err(|e| e.to_string())?;
+        let binding = convention::binding(&secret).map_err(|e| e.to_string())?;
+        let namespace = secret.metadata.namespace.clone().unwrap_or_default();
+        let items: Vec<Sealed> = stale
+            .iter()
+            .map(|(data_key, ct)| match binding {
+                // Rewrapped under the same context: it stays bound to its place.
+                Binding::V1 => Sealed::bound(ct.clone(), convention::place(&namespace, &name, data_key)),
+                Binding::Unbound => Sealed::unbound(ct.clone()),
+            })
+            .collect();
+        let rewrapped = transit.rewrap(key, &items).await.map_err(|e| e.to_string())?;
         let data = secret.data.get_or_insert_with(BTreeMap::new);
         for (data_key, result) in stale.keys().zip(rewrapped) {
             let ct = result.map_err(|reason| format!("data key {data_key}: Transit refused to rewrap it: {reason}"))?;
@@ -238,6 +271,6 @@ async fn trim(transit: &Transit, key: &str, latest: u32, all_current: bool, tall
     }
 }
 
-fn name_of(s: &Secret) -> String {
+pub(super) fn name_of(s: &Secret) -> String {
     format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or(""), s.metadata.name.as_deref().unwrap_or(""))
 }

@@ -1,0 +1,382 @@
+//! The attacks of the security review, each tried as a tenant would and each
+//! shown to fail: a ciphertext replayed in a Secret of the attacker's making,
+//! a watch that outlives its access, a legacy Secret served outside its
+//! migration window. Real OpenBao, the agent as a separate process.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use secrecy::ExposeSecret;
+use vaultlet_client::{Code, Event, EventKind, WatchStream};
+use vaultlet_tests::events::{next_within, value};
+use vaultlet_tests::stack::{App, Stack, ensure_namespace};
+
+async fn next(events: &mut WatchStream) -> Event {
+    next_within(events, Duration::from_secs(15)).await
+}
+
+/// The error a watch ends with; fails if an event comes first.
+async fn ended_with(events: &mut WatchStream) -> vaultlet_client::Error {
+    match tokio::time::timeout(Duration::from_secs(15), events.next()).await {
+        Ok(Some(Err(e))) => e,
+        Ok(Some(Ok(e))) => panic!("a {:?} event (revision {}) reached a revoked subscriber", e.kind, e.secret.revision),
+        Ok(None) => panic!("the stream ended without a status"),
+        Err(_) => panic!("the watch was not ended within 15 s"),
+    }
+}
+
+/// A copy of `from`'s data in a new managed Secret `ns/name` that lets `sa` read
+/// it, made the way a tenant with write access to its own namespace would.
+fn copy_into(stack: &Stack, from: &Secret, ns: &str, name: &str, sa: &str, data: BTreeMap<String, ByteString>) {
+    ensure_namespace(&stack.kube, ns);
+    let mut copy = Secret::default();
+    copy.metadata.namespace = Some(ns.into());
+    copy.metadata.name = Some(name.into());
+    copy.metadata.labels = from.metadata.labels.clone();
+    let mut annotations = from.metadata.annotations.clone().unwrap_or_default();
+    annotations.insert("vaultlet.io/allowed-service-accounts".into(), sa.into());
+    copy.metadata.annotations = Some(annotations);
+    copy.data = Some(data);
+    stack.kube.create(copy).expect("the copier may write Secrets of its own namespace");
+}
+
+/// Waits until `app`'s call of `reference` no longer says the Secret is
+/// unknown, and returns its error (it must fail).
+async fn refusal(stack: &Stack, app: &App, reference: &str) -> vaultlet_client::Error {
+    let client = stack.client(app).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.get_secrets([reference]).await {
+            Ok(got) => panic!("{reference} served to {}: {:?}", app.service_account, got.keys().collect::<Vec<_>>()),
+            Err(e) if e.code() == Code::PermissionDenied && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => return e,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ciphertext_copied_into_another_secret_or_data_key_does_not_decrypt() {
+    let stack = Stack::start(&["shop"]).await;
+    // The thief's namespace is even in the migration window: a bound
+    // ciphertext stripped of its binding still needs its context.
+    let _agent = stack.start_agent(&["--peer-binding", "off", "--allow-unbound-namespaces", "evil"]);
+    let web = stack.app("shop", "web", "web-1");
+    stack.seal("shop", "db", "shop", "web", r#"{"password":"the-crown-jewels"}"#);
+    stack.wait_readable(&web, "db").await;
+    let original: Secret = stack.kube.get("shop", "db").unwrap();
+    let data = original.data.clone().unwrap();
+
+    // Into another namespace, as its own service account's Secret.
+    let thief = stack.app("evil", "thief", "thief-1");
+    copy_into(&stack, &original, "evil", "loot", "thief", data.clone());
+    let err = refusal(&stack, &thief, "loot").await;
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("decrypts only in the Secret and data key it was sealed for"), "{err}");
+
+    // Into another name of the same namespace, by a service account there.
+    let insider = stack.app("shop", "insider", "insider-1");
+    copy_into(&stack, &original, "shop", "copy", "insider", data.clone());
+    let err = refusal(&stack, &insider, "copy").await;
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+
+    // Into another data key of the Secret itself: that revision does not
+    // decode (the last good one stays served, without the new key).
+    let client = stack.client(&web).await;
+    let mut events = client.watch(["db"]).unwrap();
+    assert_eq!(next(&mut events).await.kind, EventKind::Snapshot);
+    let mut moved = original.clone();
+    let ct = data["secrets.json"].clone();
+    moved.data.as_mut().unwrap().insert("other.json".into(), ct);
+    stack.kube.replace(moved).unwrap();
+    let e = next(&mut events).await;
+    assert_eq!(e.kind, EventKind::Error);
+    let message = &e.error.as_ref().unwrap().message;
+    assert!(message.starts_with("other.json:") && message.contains("sealed for"), "{message}");
+    let err = client.get_secrets(["db:other.json"]).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+
+    // Stripped of its binding annotation, in a namespace of the migration window.
+    let mut unbound = original.clone();
+    unbound.metadata.annotations.as_mut().unwrap().remove("vaultlet.io/binding");
+    copy_into(&stack, &unbound, "evil", "loot-unbound", "thief", data);
+    let err = refusal(&stack, &thief, "loot-unbound").await;
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+
+    // Nothing of the value anywhere the thief or the operator's log can see.
+    let log = std::fs::read_to_string(stack.agent_log()).unwrap();
+    assert!(!log.contains("the-crown-jewels"));
+    assert!(!err.to_string().contains("the-crown-jewels"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_ends_before_the_new_value_when_the_annotation_drops_its_service_account() {
+    let stack = Stack::start(&["shop"]).await;
+    let _agent = stack.start_agent(&["--peer-binding", "off"]);
+    let web = stack.app("shop", "web", "web-1");
+    stack.seal("shop", "db", "shop", "web", r#"{"password":"old"}"#);
+    stack.wait_readable(&web, "db").await;
+    let mut events = stack.client(&web).await.watch(["db"]).unwrap();
+    assert_eq!(value(&next(&mut events).await, "password"), "old");
+
+    // The operator re-seals new content for another service account only.
+    stack.seal("shop", "db", "shop", "other", r#"{"password":"new-for-other-eyes"}"#);
+    let err = ended_with(&mut events).await;
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("access revoked"), "{err}");
+    assert!(!err.to_string().contains("new-for-other-eyes"));
+
+    // The end is audited.
+    let audit = std::fs::read_to_string(stack.audit_log()).unwrap();
+    let revoked: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["decision"] == "revoked")
+        .collect();
+    assert_eq!(revoked.len(), 1, "{audit}");
+    assert_eq!(revoked[0]["caller"], "shop/web");
+    assert_eq!(revoked[0]["status"], "PERMISSION_DENIED");
+    assert!(revoked[0]["reason"].as_str().unwrap().contains("does not list web"), "{}", revoked[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_annotation_edit_alone_ends_the_watch() {
+    let stack = Stack::start(&["shop"]).await;
+    let _agent = stack.start_agent(&["--peer-binding", "off"]);
+    let web = stack.app("shop", "web", "web-1");
+    stack.seal("shop", "db", "shop", "web", r#"{"password":"p"}"#);
+    stack.wait_readable(&web, "db").await;
+    let mut events = stack.client(&web).await.watch(["db"]).unwrap();
+    next(&mut events).await;
+    let mut secret: Secret = stack.kube.get("shop", "db").unwrap();
+    secret.metadata.annotations.as_mut().unwrap().insert("vaultlet.io/allowed-service-accounts".into(), "other".into());
+    stack.kube.replace(secret).unwrap();
+    assert_eq!(ended_with(&mut events).await.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_file_reload_ends_the_watches_it_no_longer_grants() {
+    let stack = Stack::start(&["shop"]).await;
+    let policy = stack.dir.path().join("policy.yaml");
+    std::fs::write(&policy, "grants:\n  - from: [payments/api]\n    secrets: [shop/db]\n").unwrap();
+    let _agent = stack.start_agent(&["--peer-binding", "off", "--policy-file", policy.to_str().unwrap()]);
+    let api = stack.app("payments", "api", "api-1");
+    ensure_namespace(&stack.kube, "shop");
+    stack.seal("shop", "db", "shop", "web", r#"{"password":"p"}"#);
+    stack.wait_readable(&api, "shop/db").await;
+    let mut events = stack.client(&api).await.watch(["shop/db"]).unwrap();
+    assert_eq!(next(&mut events).await.kind, EventKind::Snapshot);
+
+    // ConfigMaps are updated by swapping the file.
+    let next_file = stack.dir.path().join(".policy.yaml.new");
+    std::fs::write(&next_file, "grants: []\n").unwrap();
+    std::fs::rename(&next_file, &policy).unwrap();
+    let err = ended_with(&mut events).await;
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    let err = stack.client(&api).await.get_secrets(["shop/db"]).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "new calls too: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_secret_deleted_and_created_again_for_someone_else_ends_the_watch() {
+    let stack = Stack::start(&["shop"]).await;
+    let _agent = stack.start_agent(&["--peer-binding", "off"]);
+    let web = stack.app("shop", "web", "web-1");
+    stack.seal("shop", "db", "shop", "web", r#"{"password":"mine"}"#);
+    stack.wait_readable(&web, "db").await;
+    let mut events = stack.client(&web).await.watch(["db"]).unwrap();
+    next(&mut events).await;
+
+    // Deleted: the subscriber may learn that much.
+    stack.kube.delete::<Secret>("shop", "db").unwrap();
+    assert_eq!(next(&mut events).await.kind, EventKind::Deleted);
+    // Created again by someone else, for someone else.
+    stack.seal("shop", "db", "shop", "other", r#"{"password":"theirs"}"#);
+    assert_eq!(ended_with(&mut events).await.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_legacy_secret_is_refused_until_bound_and_its_old_ciphertext_after() {
+    let stack = Stack::start(&["shop"]).await;
+    // Sealed the way vaultlet did before bindings: a key that is not derived,
+    // no context, no binding annotation.
+    stack.bao.must(&["write", "-f", "transit/keys/legacy"]);
+    let plain = base64(br#"{"password":"legacy"}"#);
+    let old_ct =
+        stack.bao.must(&["write", "-field=ciphertext", "transit/encrypt/legacy", &format!("plaintext={plain}")]);
+    let old_ct = old_ct.trim().to_owned();
+    ensure_namespace(&stack.kube, "shop");
+    let mut secret = Secret::default();
+    secret.metadata.namespace = Some("shop".into());
+    secret.metadata.name = Some("db".into());
+    secret.metadata.labels = Some([("vaultlet.io/managed".to_owned(), "true".to_owned())].into());
+    secret.metadata.annotations = Some(
+        [
+            ("vaultlet.io/transit-key".to_owned(), "legacy".to_owned()),
+            ("vaultlet.io/allowed-service-accounts".to_owned(), "web".to_owned()),
+        ]
+        .into(),
+    );
+    secret.data = Some([("secrets.json".to_owned(), ByteString(old_ct.clone().into_bytes()))].into());
+    stack.kube.create(secret).unwrap();
+    let web = stack.app("shop", "web", "web-1");
+    // The agent may decrypt with the new key too (setup.sh would be rerun).
+    stack.openbao_setup(&["shop", "legacy", "legacy-bound"]);
+
+    // Outside the migration window: refused, naming the way out.
+    let mut agent = stack.start_agent(&["--peer-binding", "off"]);
+    let err = refusal(&stack, &web, "db").await;
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("vaultlet recrypt --bind"), "{err}");
+    agent.kill();
+
+    // In the window: served, and each read audited as unbound.
+    let mut agent = stack.start_agent(&["--peer-binding", "off", "--allow-unbound-namespaces", "shop"]);
+    stack.wait_readable(&web, "db").await;
+    let got = stack.client(&web).await.get_secrets(["db"]).await.unwrap();
+    assert_eq!(got["db"].values["password"].expose_secret(), "legacy");
+    let audit = std::fs::read_to_string(stack.audit_log()).unwrap();
+    let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(last["unbound"][0], "shop/db", "{last}");
+
+    // The migration: idempotent, and it says what it did.
+    let out = stack.vaultlet(&["recrypt", "--bind", "--namespace", "shop"], None);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        report.contains("shop/db: bound 1 data key(s) to derived key legacy-bound (was legacy, unbound)"),
+        "{report}"
+    );
+    assert!(report.contains("1 secret(s) bound, 0 already bound, 0 failed"), "{report}");
+    let again = stack.vaultlet(&["recrypt", "--bind", "--namespace", "shop"], None);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("0 secret(s) bound, 1 already bound"),
+        "a rerun changes nothing"
+    );
+    let bound: Secret = stack.kube.get("shop", "db").unwrap();
+    let annotations = bound.metadata.annotations.clone().unwrap();
+    assert_eq!(
+        (annotations["vaultlet.io/transit-key"].as_str(), annotations["vaultlet.io/binding"].as_str()),
+        ("legacy-bound", "v1")
+    );
+    agent.kill();
+
+    // Out of the window again: the bound Secret is served, ...
+    let mut agent = stack.start_agent(&["--peer-binding", "off"]);
+    stack.wait_readable(&web, "db").await;
+    let client = stack.client(&web).await;
+    let got = client.get_secrets(["db"]).await.unwrap();
+    assert_eq!(got["db"].values["password"].expose_secret(), "legacy");
+    let mut events = client.watch(["db"]).unwrap();
+    assert_eq!(next(&mut events).await.kind, EventKind::Snapshot);
+    // ... and the legacy ciphertext, put back, is not: unbound ...
+    let mut replayed = bound.clone();
+    let annotations = replayed.metadata.annotations.as_mut().unwrap();
+    annotations.remove("vaultlet.io/binding");
+    annotations.insert("vaultlet.io/transit-key".into(), "legacy".into());
+    replayed.data = Some([("secrets.json".to_owned(), ByteString(old_ct.into_bytes()))].into());
+    stack.kube.replace(replayed).unwrap();
+    let e = next(&mut events).await;
+    assert_eq!(e.kind, EventKind::Error);
+    assert!(e.error.unwrap().message.contains("not bound to it"));
+    // ... nor claiming a binding under its key, which is not derived.
+    let mut claimed = stack.kube.get::<Secret>("shop", "db").unwrap();
+    claimed.metadata.annotations.as_mut().unwrap().insert("vaultlet.io/binding".into(), "v1".into());
+    stack.kube.replace(claimed).unwrap();
+    let e = next(&mut events).await;
+    assert_eq!(e.kind, EventKind::Error);
+    assert!(e.error.unwrap().message.contains("is not derived"));
+    // A fresh agent (nothing cached) refuses it outright.
+    agent.kill();
+    let _agent = stack.start_agent(&["--peer-binding", "off"]);
+    let err = refusal(&stack, &web, "db").await;
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("is not derived"), "{err}");
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seal_refuses_a_key_that_is_not_derived() {
+    let stack = Stack::start(&["shop"]).await;
+    stack.bao.must(&["write", "-f", "transit/keys/plain"]);
+    ensure_namespace(&stack.kube, "shop");
+    let out = stack.vaultlet(
+        &["seal", "--namespace", "shop", "--name", "db", "--transit-key", "plain", "--allow", "web", "-"],
+        Some(br#"{"k":"v"}"#),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not derived") && err.contains("recrypt --bind"), "{err}");
+    // A key that does not exist yet is created derived.
+    stack.seal("shop", "db", "fresh", "web", r#"{"k":"v"}"#);
+    let key = stack.bao.must(&["read", "-format=json", "transit/keys/fresh"]);
+    assert!(key.contains("\"derived\": true"), "{key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_token_ends_the_watch_and_the_client_resumes_with_the_rotated_token() {
+    let stack = Stack::start(&["shop"]).await;
+    let _agent = stack.start_agent(&["--peer-binding", "off"]);
+    let web = stack.app("shop", "web", "web-1");
+    stack.seal("shop", "db", "shop", "web", r#"{"v":"1"}"#);
+    stack.wait_readable(&web, "db").await;
+    // A token about to expire, as kubelet's is between two rotations.
+    let short = stack.kube.mint_token("shop", "web", Some("web-1"), &["vaultlet"], Duration::from_secs(4)).unwrap();
+    std::fs::write(&web.token_file, &short).unwrap();
+    let mut events = stack.client(&web).await.watch(["db"]).unwrap();
+    let first = next(&mut events).await;
+    assert_eq!((first.kind, value(&first, "v").as_str()), (EventKind::Snapshot, "1"));
+
+    // Kubelet rotates the file before the old token expires; the watch goes on
+    // with the old one until the agent ends it at expiry.
+    let long = stack.kube.mint_token("shop", "web", Some("web-1"), &["vaultlet"], Duration::from_secs(3600)).unwrap();
+    std::fs::write(&web.token_file, &long).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let revoked = loop {
+        let audit = std::fs::read_to_string(stack.audit_log()).unwrap();
+        let found = audit
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["decision"] == "revoked");
+        match found {
+            Some(r) => break r,
+            None if std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            None => panic!("the watch was not ended at the token's expiry"),
+        }
+    };
+    assert_eq!(revoked["status"], "UNAUTHENTICATED", "{revoked}");
+    assert!(revoked["reason"].as_str().unwrap().contains("expired"), "{revoked}");
+
+    // The client reconnected by itself: nothing repeated, nothing lost.
+    assert!(tokio::time::timeout(Duration::from_secs(1), events.next()).await.is_err(), "no event repeated");
+    stack.seal("shop", "db", "shop", "web", r#"{"v":"2"}"#);
+    let e = next(&mut events).await;
+    assert_eq!((e.kind, value(&e, "v").as_str()), (EventKind::ContentChanged, "2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_pods_calls_and_watches_end_at_once() {
+    let stack = Stack::start(&["shop"]).await;
+    let _agent = stack.start_agent(&["--peer-binding", "off", "--token-review-cache-ttl", "60s"]);
+    let gone = stack.app("shop", "web", "web-gone");
+    stack.seal("shop", "db", "shop", "web", r#"{"v":"1"}"#);
+    stack.wait_readable(&gone, "db").await;
+    let client = stack.client(&gone).await;
+    let mut events = client.watch(["db"]).unwrap();
+    next(&mut events).await;
+
+    stack.kube.delete_pod("shop", "web-gone").unwrap();
+    // Whatever the review cache holds (60 s here), the pod watch decides.
+    let err = ended_with(&mut events).await;
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert!(err.to_string().contains("is gone"), "{err}");
+    let err = client.get_secrets(["db"]).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+}
