@@ -124,10 +124,12 @@ def flags_of(body: str) -> Set[str]:
 
 
 def subcommand_flags(command: str) -> Set[str]:
-    """Flags of `vaultlet COMMAND`: its `Args` (agent/src/cli/COMMAND.rs) and the global ones."""
-    path = ROOT / "agent/src/cli" / f"{command}.rs"
-    if not path.exists():
-        fail(f"vaultlet has no subcommand {command!r} (no {path.relative_to(ROOT)})")
+    """Flags of `vaultlet COMMAND`: its `Args` (agent/src/cli/COMMAND.rs, or
+    COMMAND/mod.rs for a subcommand of several files) and the global ones."""
+    cli = ROOT / "agent/src/cli"
+    path = next((p for p in (cli / f"{command}.rs", cli / command / "mod.rs") if p.exists()), None)
+    if path is None:
+        fail(f"vaultlet has no subcommand {command!r} (no agent/src/cli/{command}.rs nor {command}/mod.rs)")
     m = re.search(r"\bstruct Args \{\n(.*?)\n\}", path.read_text(), re.S)
     if not m:
         fail(f"{path.relative_to(ROOT)}: no `struct Args`")

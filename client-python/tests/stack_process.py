@@ -1,4 +1,4 @@
-"""Runs `vaultlet-stack --info-out FILE`: the Kubernetes API test server, a real
+"""Runs `vaultlet-stack --info-out FILE`: a real kube-apiserver and etcd, a real
 OpenBao and `vaultlet serve`, with a sealed Secret `shop/db` readable by
 service account `shop/web`. Tests reach the production path through it."""
 
@@ -29,9 +29,7 @@ class Stack:
         self.info: Dict[str, Any] = {}
 
     def start(self) -> None:
-        binary = Path(os.environ.get("VAULTLET_STACK_BIN") or REPO / "target" / "debug" / "vaultlet-stack")
-        if not binary.is_file():
-            pytest.fail(f"{binary} not found: build it with `cargo build -p vaultlet-tests --bins`")
+        binary = self._binary()
         with open(self._log, "wb") as log:
             self._process = subprocess.Popen([str(binary), "--info-out", str(self._info)], stdout=log, stderr=log)
         deadline = time.monotonic() + START_WITHIN
@@ -42,6 +40,30 @@ class Stack:
                 pytest.fail(f"vaultlet-stack not ready within {START_WITHIN} s:\n{self._log.read_text()}")
             time.sleep(0.1)
         self.info = json.loads(self._info.read_text())
+
+    @staticmethod
+    def _binary() -> Path:
+        binary = Path(os.environ.get("VAULTLET_STACK_BIN") or REPO / "target" / "debug" / "vaultlet-stack")
+        if not binary.is_file():
+            pytest.fail(f"{binary} not found: build it with `cargo build -p vaultlet-tests --bins`")
+        return binary
+
+    def short_token(self, service_account: str, pod: str, expires_in: int) -> str:
+        """A token of `service_account` bound to `pod`, expiring in `expires_in`
+        seconds (signed with the cluster's own key: the API server issues
+        none shorter than ten minutes)."""
+        argv = [
+            str(self._binary()), "token", "--controlplane", str(self.info["controlplane"]),
+            "--namespace", str(self.info["namespace"]), "--service-account", service_account,
+            "--pod", pod, "--expires-in", str(expires_in),
+        ]
+        result = subprocess.run(argv, capture_output=True, timeout=60)
+        if result.returncode != 0:
+            pytest.fail(f"vaultlet-stack token failed: {result.stderr.decode()}")
+        return result.stdout.decode().strip()
+
+    def audit_records(self) -> List[Dict[str, Any]]:
+        return [json.loads(line) for line in Path(self.info["audit_log"]).read_text().splitlines() if line]
 
     def stop(self) -> None:
         if self._process is not None:

@@ -1,28 +1,37 @@
-//! The whole production path on one machine: the Kubernetes API test server,
-//! a real OpenBao configured by `deploy/openbao/setup.sh`, and `vaultlet serve`
-//! as a separate process logging in with its own pod-bound token.
+//! The whole production path on one machine: a real kube-apiserver and etcd
+//! (`cluster`), with the objects and RBAC of `deploy/` applied; a real OpenBao
+//! configured by `deploy/openbao/setup.sh` in the reviewer mode `deploy/`
+//! documents; `vaultlet serve` as a separate process running as the `vaultlet`
+//! ServiceAccount with its pod-bound tokens, over TLS; and the tools as their
+//! own identities (`recrypt` as the CronJob's ServiceAccount, `seal` as an
+//! operator bound to the `vaultlet-seal` ClusterRole).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-
 use crate::agent::{AgentProcess, vaultlet_bin};
 use crate::bao::{Bao, ROOT_TOKEN};
-use crate::kube_api::{KubeApiServer, Options};
+use crate::cluster::{Cluster, render};
 
 pub const AGENT_NAMESPACE: &str = "vaultlet-system";
 pub const NODE: &str = "node-1";
+pub const OTHER_NODE: &str = "node-2";
 /// Audience of the agent's own token for the Vault login (deploy uses the same).
 pub const VAULT_AUDIENCE: &str = "vault";
+/// How long the tokens a test makes live (the API server's default is an hour).
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 pub struct Stack {
     pub dir: tempfile::TempDir,
-    pub kube: KubeApiServer,
+    pub kube: Cluster,
     pub bao: Bao,
+    /// The operator's kubeconfig (`vaultlet-seal`), what `vaultlet` runs with.
     pub kubeconfig: PathBuf,
+    agent_kubeconfig: PathBuf,
     agent_token: PathBuf,
+    recrypt_kubeconfig: PathBuf,
+    recrypt_vault_token: PathBuf,
     files: StackFiles,
     admin_port: u16,
 }
@@ -43,57 +52,74 @@ pub struct App {
 }
 
 impl Stack {
-    /// Starts the API server and OpenBao, and configures OpenBao with the
-    /// deploy script for Transit keys `keys`.
+    /// Starts the control plane and OpenBao, applies `deploy/`, and configures
+    /// OpenBao with the deploy script for Transit keys `keys`.
     pub async fn start(keys: &[&str]) -> Stack {
-        Self::start_with(keys, Options::default()).await
-    }
-
-    /// `start`, with the API test server started with `options`.
-    pub async fn start_with(keys: &[&str], options: Options) -> Stack {
         let dir = tempfile::tempdir().expect("temp dir");
-        let kube = KubeApiServer::start(options).await.expect("API test server");
-        let kubeconfig = dir.path().join("kubeconfig");
-        kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        let kube = Cluster::start(&dir.path().join("controlplane")).await;
         let bao = Bao::start(dir.path());
+        let deploy = render(&repo_root().join("deploy"), &["openbao/reviewer"]);
+        kube.apply(&deploy).unwrap_or_else(|e| panic!("the API server refused deploy/: {e}"));
+        for node in [NODE, OTHER_NODE] {
+            kube.create_node(node).await;
+        }
 
-        ensure_namespace(&kube, AGENT_NAMESPACE);
-        kube.create_service_account(AGENT_NAMESPACE, "vaultlet").expect("agent service account");
-        kube.create_service_account(AGENT_NAMESPACE, "vaultlet-recrypt").expect("recrypt service account");
-        kube.create_pod(AGENT_NAMESPACE, "vaultlet-agent", NODE, "vaultlet").expect("agent pod");
+        // The agent as the DaemonSet runs it: its pod on node-1, a token for the
+        // API server and one (audience vault) for its Vault login, both bound to it.
+        kube.create_pod(AGENT_NAMESPACE, "vaultlet-agent", NODE, "vaultlet").await;
+        // As kubelet writes them: no newline (kube-rs sends a token file as it is).
+        let write = |name: &str, token: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, token).expect("token file");
+            path
+        };
+        let agent_api = kube.token(AGENT_NAMESPACE, "vaultlet", Some("vaultlet-agent"), &[], TOKEN_TTL).await;
+        let agent_api = write("agent-api-token", agent_api);
+        let agent_kubeconfig = dir.path().join("agent.kubeconfig");
+        kube.write_kubeconfig(&agent_kubeconfig, &agent_api, true);
+        let agent_vault =
+            kube.token(AGENT_NAMESPACE, "vaultlet", Some("vaultlet-agent"), &[VAULT_AUDIENCE], TOKEN_TTL).await;
+        let agent_token = write("agent-token", agent_vault);
 
-        let ca = dir.path().join("kube-ca.pem");
-        std::fs::write(&ca, TEST_CA_PEM).expect("CA file");
-        // OpenBao runs outside the cluster: it reviews login tokens with a
-        // reviewer token of its own, as the deploy guide describes.
-        kube.create_service_account("kube-system", "openbao-reviewer").expect("reviewer service account");
-        let reviewer = kube
-            .mint_token("kube-system", "openbao-reviewer", None, &[kube.issuer()], Duration::from_secs(86400))
-            .expect("reviewer token");
-        let reviewer_file = dir.path().join("reviewer-token");
-        std::fs::write(&reviewer_file, reviewer).expect("reviewer token file");
-        let stack_files = StackFiles { ca, reviewer: reviewer_file };
-        let out = openbao_setup(&bao, &kube, &stack_files, keys);
+        // The recrypt CronJob's pod, and an operator who seals.
+        kube.create_pod(AGENT_NAMESPACE, "vaultlet-recrypt-1", NODE, "vaultlet-recrypt").await;
+        let recrypt_api =
+            kube.token(AGENT_NAMESPACE, "vaultlet-recrypt", Some("vaultlet-recrypt-1"), &[], TOKEN_TTL).await;
+        let recrypt_api = write("recrypt-api-token", recrypt_api);
+        let recrypt_kubeconfig = dir.path().join("recrypt.kubeconfig");
+        kube.write_kubeconfig(&recrypt_kubeconfig, &recrypt_api, false);
+        let recrypt_vault = kube
+            .token(AGENT_NAMESPACE, "vaultlet-recrypt", Some("vaultlet-recrypt-1"), &[VAULT_AUDIENCE], TOKEN_TTL)
+            .await;
+        let recrypt_vault_token = write("recrypt-vault-token", recrypt_vault);
+        let kubeconfig = dir.path().join("operator.kubeconfig");
+        let operator = operator_token(&kube).await;
+        kube.write_kubeconfig(&kubeconfig, &write("operator-token", operator), false);
+
+        // OpenBao runs outside the cluster: it reviews login tokens with the
+        // reviewer's token, as the deploy guide describes.
+        let reviewer = reviewer_token(&kube).await;
+        let files = StackFiles { ca: kube.cp.ca_file(), reviewer: write("reviewer-token", reviewer) };
+        let out = openbao_setup(&bao, &kube, &files, keys);
         assert!(
             out.status.success(),
             "setup.sh failed:\n{}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-
-        let token = kube
-            .mint_token(
-                AGENT_NAMESPACE,
-                "vaultlet",
-                Some("vaultlet-agent"),
-                &[VAULT_AUDIENCE],
-                Duration::from_secs(86400),
-            )
-            .expect("agent token");
-        let agent_token = dir.path().join("agent-token");
-        std::fs::write(&agent_token, format!("{token}\n")).expect("agent token file");
         let admin_port = crate::bao::free_port();
-        Stack { dir, kube, bao, kubeconfig, agent_token, files: stack_files, admin_port }
+        Stack {
+            dir,
+            kube,
+            bao,
+            kubeconfig,
+            agent_kubeconfig,
+            agent_token,
+            recrypt_kubeconfig,
+            recrypt_vault_token,
+            files,
+            admin_port,
+        }
     }
 
     /// Runs `deploy/openbao/setup.sh` against this stack again (it is idempotent).
@@ -174,22 +200,16 @@ impl Stack {
     pub fn start_agent_logging(&self, extra: &[&str], level: &str) -> AgentProcess {
         let args = self.serve_args(extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let env = [("KUBECONFIG", self.kubeconfig.to_str().unwrap()), ("VAULTLET_LOG", level)];
+        let env = [("KUBECONFIG", self.agent_kubeconfig.to_str().unwrap()), ("VAULTLET_LOG", level)];
         AgentProcess::launch(&args, &env, Some(&self.agent_log()), &self.socket())
     }
 
     /// A pod of `namespace` running as `service_account` on `node`, with a
     /// projected token of audience `vaultlet` written where its client reads it.
-    pub fn app_on(&self, namespace: &str, service_account: &str, pod: &str, node: &str) -> App {
-        ensure_namespace(&self.kube, namespace);
-        if self.kube.get::<k8s_openapi::api::core::v1::ServiceAccount>(namespace, service_account).is_none() {
-            self.kube.create_service_account(namespace, service_account).expect("service account");
-        }
-        let pod_uid = self.kube.create_pod(namespace, pod, node, service_account).expect("pod");
-        let token = self
-            .kube
-            .mint_token(namespace, service_account, Some(pod), &["vaultlet"], Duration::from_secs(3600))
-            .expect("app token");
+    pub async fn app_on(&self, namespace: &str, service_account: &str, pod: &str, node: &str) -> App {
+        self.kube.ensure_service_account(namespace, service_account).await;
+        let pod_uid = self.kube.create_pod(namespace, pod, node, service_account).await;
+        let token = self.kube.token(namespace, service_account, Some(pod), &["vaultlet"], TOKEN_TTL).await;
         let token_file = self.dir.path().join(format!("token-{namespace}-{pod}"));
         std::fs::write(&token_file, format!("{token}\n")).expect("token file");
         App {
@@ -201,14 +221,30 @@ impl Stack {
         }
     }
 
-    pub fn app(&self, namespace: &str, service_account: &str, pod: &str) -> App {
-        self.app_on(namespace, service_account, pod, NODE)
+    pub async fn app(&self, namespace: &str, service_account: &str, pod: &str) -> App {
+        self.app_on(namespace, service_account, pod, NODE).await
     }
 
-    /// `vaultlet ARGS` as an operator runs the tools: kubeconfig, Vault address and root token.
+    /// `vaultlet ARGS` as an operator runs the tools: the operator's kubeconfig
+    /// (`vaultlet-seal`), the Vault address and root token.
     pub fn vaultlet(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut cmd = self.tool(args);
         run_with_stdin(&mut cmd, stdin)
+    }
+
+    /// `vaultlet recrypt ARGS` as the CronJob runs it: its ServiceAccount's
+    /// RBAC, and a Kubernetes-auth login to Vault as role `vaultlet-recrypt`.
+    pub fn recrypt(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(vaultlet_bin());
+        cmd.arg("recrypt")
+            .args(args)
+            .args(["--vault-auth-role", "vaultlet-recrypt", "--vault-auth-jwt-file"])
+            .arg(&self.recrypt_vault_token)
+            .env("KUBECONFIG", &self.recrypt_kubeconfig)
+            .env("VAULT_ADDR", &self.bao.addr)
+            .env_remove("VAULT_TOKEN")
+            .env("VAULTLET_LOG", "warn");
+        run_with_stdin(&mut cmd, None)
     }
 
     /// The command for `vaultlet ARGS` with the operator's environment.
@@ -267,7 +303,47 @@ impl Stack {
     }
 }
 
-fn openbao_setup(bao: &Bao, kube: &KubeApiServer, files: &StackFiles, keys: &[&str]) -> Output {
+/// A token of the operator: ServiceAccount `vaultlet-system/operator`, bound to
+/// the `vaultlet-seal` ClusterRole of `deploy/`.
+async fn operator_token(kube: &Cluster) -> String {
+    kube.ensure_service_account(AGENT_NAMESPACE, "operator").await;
+    let binding = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: test-operator}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: vaultlet-seal}}\n\
+         subjects: [{{kind: ServiceAccount, name: operator, namespace: {AGENT_NAMESPACE}}}]\n"
+    );
+    kube.apply(&binding).expect("bind the operator");
+    kube.token(AGENT_NAMESPACE, "operator", None, &[], TOKEN_TTL).await
+}
+
+/// The reviewer's token: the API server's token controller would fill the
+/// `openbao-reviewer-token` Secret (a controller these tests do not run); a
+/// token bound to that Secret lives and dies with it just the same.
+async fn reviewer_token(kube: &Cluster) -> String {
+    use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(86400),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Secret".into()),
+                name: Some("openbao-reviewer-token".into()),
+                uid: None,
+            }),
+        },
+        ..TokenRequest::default()
+    };
+    let api: kube::Api<ServiceAccount> = kube::Api::namespaced(kube.admin(), AGENT_NAMESPACE);
+    let answer: TokenRequest = api
+        .create_subresource("token", "openbao-reviewer", &Default::default(), &request)
+        .await
+        .expect("the reviewer's token");
+    answer.status.expect("a token").token
+}
+
+fn openbao_setup(bao: &Bao, kube: &Cluster, files: &StackFiles, keys: &[&str]) -> Output {
     Command::new(repo_root().join("deploy/openbao/setup.sh"))
         .env("VAULT_ADDR", &bao.addr)
         .env("VAULT_TOKEN", ROOT_TOKEN)
@@ -278,12 +354,6 @@ fn openbao_setup(bao: &Bao, kube: &KubeApiServer, files: &StackFiles, keys: &[&s
         .env("TOKEN_REVIEWER_JWT", &files.reviewer)
         .output()
         .expect("run deploy/openbao/setup.sh")
-}
-
-pub fn ensure_namespace(kube: &KubeApiServer, name: &str) {
-    if kube.get::<Namespace>("", name).is_none() {
-        kube.create_namespace(name).expect("namespace");
-    }
 }
 
 pub fn repo_root() -> PathBuf {
@@ -302,7 +372,3 @@ fn run_with_stdin(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
     }
     child.wait_with_output().expect("vaultlet output")
 }
-
-/// OpenBao's Kubernetes auth method wants a CA certificate even for an http://
-/// API server, which never uses it; this is a self-signed one made for the tests.
-const TEST_CA_PEM: &str = include_str!("../fixtures/kube-ca.pem");

@@ -20,7 +20,7 @@ fn records(path: &Path) -> Vec<serde_json::Value> {
 async fn every_value_a_client_received_is_in_the_audit_log_even_after_sigkill() {
     let stack = Stack::start(&["shop"]).await;
     let mut agent = stack.start_agent(&["--peer-binding", "off"]);
-    let web = stack.app("shop", "web", "web-1");
+    let web = stack.app("shop", "web", "web-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"password":"p"}"#);
     stack.wait_readable(&web, "db").await;
     let before = records(&stack.audit_log()).len();
@@ -73,7 +73,7 @@ async fn when_the_audit_log_cannot_be_written_no_value_leaves() {
     let disk = SmallDisk::mount(stack.dir.path().join("audit-disk"));
     let log = disk.0.join("audit.log");
     let _agent = stack.start_agent(&["--peer-binding", "off", "--audit-log", log.to_str().unwrap()]);
-    let web = stack.app("shop", "web", "web-1");
+    let web = stack.app("shop", "web", "web-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"password":"p"}"#);
     stack.wait_readable(&web, "db").await;
     let client = stack.client(&web).await;

@@ -14,18 +14,18 @@ async fn next(events: &mut WatchStream) -> Event {
     next_within(events, Duration::from_secs(15)).await
 }
 
-fn stored(stack: &Stack, ns: &str, name: &str) -> Secret {
-    stack.kube.get::<Secret>(ns, name).expect("the Secret exists")
+async fn stored(stack: &Stack, ns: &str, name: &str) -> Secret {
+    stack.kube.get::<Secret>(ns, name).await.expect("the Secret exists")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seal_get_recrypt_edit_delete() {
     let stack = Stack::start(&["shop"]).await;
     let _agent = stack.start_agent(&["--peer-binding", "off"]);
-    let web = stack.app("shop", "web", "web-1");
+    let web = stack.app("shop", "web", "web-1").await;
 
     stack.seal("shop", "db", "shop", "web", r#"{"user":"shop","password":"first-password"}"#);
-    let secret = stored(&stack, "shop", "db");
+    let secret = stored(&stack, "shop", "db").await;
     let data = secret.data.as_ref().unwrap();
     let ct = std::str::from_utf8(&data["secrets.json"].0).unwrap();
     assert!(ct.starts_with("vault:v1:"), "only ciphertext in Kubernetes: {ct}");
@@ -47,7 +47,7 @@ async fn seal_get_recrypt_edit_delete() {
     assert_eq!((e.kind, e.secret.key_version), (EventKind::Snapshot, 1));
 
     // Rotation: same values, key version + 1, pushed to the subscriber.
-    let out = stack.vaultlet(&["recrypt", "--namespace", "shop"], None);
+    let out = stack.recrypt(&["--namespace", "shop"]);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
     assert!(
@@ -58,11 +58,11 @@ async fn seal_get_recrypt_edit_delete() {
     let e = next(&mut events).await;
     assert_eq!((e.kind, e.secret.key_version), (EventKind::Recrypted, 2));
     assert_eq!(value(&e, "password"), "first-password");
-    let ct = String::from_utf8(stored(&stack, "shop", "db").data.unwrap()["secrets.json"].0.clone()).unwrap();
+    let ct = String::from_utf8(stored(&stack, "shop", "db").await.data.unwrap()["secrets.json"].0.clone()).unwrap();
     assert!(ct.starts_with("vault:v2:"), "{ct}");
 
     // A rerun (as after a crash halfway) rotates again and brings everything up.
-    let out = stack.vaultlet(&["recrypt", "--namespace", "shop", "--dry-run"], None);
+    let out = stack.recrypt(&["--namespace", "shop", "--dry-run"]);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("would rotate to v3") && report.contains("would rewrap 1"), "{report}");
 
@@ -73,7 +73,7 @@ async fn seal_get_recrypt_edit_delete() {
     assert_eq!(value(&e, "password"), "second-password");
 
     // Deleted.
-    stack.kube.delete::<Secret>("shop", "db").unwrap();
+    stack.kube.delete::<Secret>("shop", "db").await.unwrap();
     assert_eq!(next(&mut events).await.kind, EventKind::Deleted);
     let err = c.get_secrets(["db"]).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "a caller cannot tell a deleted Secret from a forbidden one: {err}");
@@ -93,7 +93,7 @@ async fn seal_get_recrypt_edit_delete() {
 async fn many_concurrent_callers_cost_one_decrypt() {
     let stack = Stack::start(&["hot"]).await;
     let _agent = stack.start_agent(&["--peer-binding", "off"]);
-    let web = stack.app("team", "web", "web-1");
+    let web = stack.app("team", "web", "web-1").await;
     stack.seal("team", "config", "hot", "web", r#"{"k":"v"}"#);
     // Wait for the agent to see the Secret, without reading it (that would decrypt).
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -113,8 +113,8 @@ async fn many_concurrent_callers_cost_one_decrypt() {
 async fn a_service_account_not_listed_is_denied() {
     let stack = Stack::start(&["shop"]).await;
     let _agent = stack.start_agent(&["--peer-binding", "off"]);
-    let web = stack.app("shop", "web", "web-1");
-    let worker = stack.app("shop", "worker", "worker-1");
+    let web = stack.app("shop", "web", "web-1").await;
+    let worker = stack.app("shop", "worker", "worker-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"password":"p"}"#);
     stack.wait_readable(&web, "db").await;
 

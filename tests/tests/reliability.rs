@@ -10,6 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use secrecy::ExposeSecret;
+use tokio::io::AsyncBufReadExt;
 use tokio::time::timeout;
 use vaultlet_client::{Client, Code, Event, EventKind, SecretRef, TokenSource, WatchStream};
 use vaultlet_tests::agent::vaultlet_bin;
@@ -22,23 +23,24 @@ async fn next(events: &mut WatchStream) -> Event {
 }
 
 /// A new revision of `ns/name` (sealed under `shop`) holding `{"v": v}`,
-/// written without going through the API server's HTTP side.
-fn reseal(stack: &Stack, ns: &str, name: &str, v: &str) {
+/// written by the administrator straight to the API server (not through the
+/// agent's proxy, whatever fault it is in).
+async fn reseal(stack: &Stack, ns: &str, name: &str, v: &str) {
     let ct = stack.encrypt_for("shop", ns, name, "secrets.json", format!(r#"{{"v":"{v}"}}"#).as_bytes());
-    set_data(stack, ns, name, "secrets.json", &ct);
+    set_data(stack, ns, name, "secrets.json", &ct).await;
 }
 
-fn set_data(stack: &Stack, ns: &str, name: &str, key: &str, ciphertext: &str) {
-    let mut secret: Secret = stack.kube.get(ns, name).expect("Secret");
+async fn set_data(stack: &Stack, ns: &str, name: &str, key: &str, ciphertext: &str) {
+    let mut secret: Secret = stack.kube.get(ns, name).await.expect("Secret");
     secret.data = Some([(key.to_owned(), ByteString(ciphertext.as_bytes().to_vec()))].into());
-    stack.kube.replace(secret).expect("replace");
+    stack.kube.replace(secret).await.expect("replace");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn openbao_hung_or_down_never_hangs_a_caller_and_cached_secrets_stay_served() {
     let mut stack = Stack::start(&["shop"]).await;
     let _agent = stack.start_agent(&["--peer-binding", "off", "--vault-timeout", "2s"]);
-    let web = stack.app("shop", "web", "web-1");
+    let web = stack.app("shop", "web", "web-1").await;
     for name in ["cached", "later", "last"] {
         stack.seal("shop", name, "shop", "web", &format!(r#"{{"name":"{name}"}}"#));
     }
@@ -87,10 +89,10 @@ async fn openbao_hung_or_down_never_hangs_a_caller_and_cached_secrets_stay_serve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn api_server_hangs_drops_and_expired_versions_lose_no_change() {
-    let stack = Stack::start(&["shop"]).await;
+async fn api_server_hangs_drops_restarts_and_compactions_lose_no_change() {
+    let mut stack = Stack::start(&["shop"]).await;
     let _agent = stack.start_agent(&["--peer-binding", "off"]);
-    let web = stack.app("shop", "web", "web-1");
+    let web = stack.app("shop", "web", "web-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"v":"0"}"#);
     stack.wait_readable(&web, "db").await;
     let c = stack.client(&web).await;
@@ -98,41 +100,85 @@ async fn api_server_hangs_drops_and_expired_versions_lose_no_change() {
     assert_eq!(value(&next(&mut events).await, "v"), "0");
 
     // Hung: the change made meanwhile arrives once the server answers again.
-    stack.kube.faults().hang();
-    reseal(&stack, "shop", "db", "1");
+    stack.kube.proxy.hang();
+    reseal(&stack, "shop", "db", "1").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stack.kube.faults().release();
+    stack.kube.proxy.release();
     let e = next(&mut events).await;
     assert_eq!((e.kind, value(&e, "v").as_str()), (EventKind::ContentChanged, "1"));
 
     // Watch connections dropped, then a change.
-    stack.kube.faults().drop_watches();
-    reseal(&stack, "shop", "db", "2");
+    stack.kube.proxy.drop_connections();
+    reseal(&stack, "shop", "db", "2").await;
     assert_eq!(value(&next(&mut events).await, "v"), "2");
 
-    // The watch's resourceVersion expired (410 Gone): the agent re-lists and
-    // still sees the changes made while it was away.
-    stack.kube.faults().expire_history();
-    stack.kube.faults().drop_watches();
-    reseal(&stack, "shop", "db", "3");
-    reseal(&stack, "shop", "db", "4");
+    // Changes while the agent's watch is away, etcd compacted, the API server
+    // stopped and started (its watch cache empty): the agent's resourceVersion
+    // is gone (410 Gone), it lists again and still sees the newest change.
+    stack.kube.proxy.hang();
+    reseal(&stack, "shop", "db", "3").await;
+    reseal(&stack, "shop", "db", "4").await;
+    restart_after_compaction(&mut stack);
     let e = next(&mut events).await;
     let seen = value(&e, "v");
     let last = if seen == "3" { value(&next(&mut events).await, "v") } else { seen };
     assert_eq!(last, "4", "the newest change arrives");
 
-    // A deletion while the watch is down is not missed either.
-    stack.kube.faults().expire_history();
-    stack.kube.faults().drop_watches();
-    stack.kube.delete::<Secret>("shop", "db").unwrap();
+    // A deletion while the watch is away is not missed either ...
+    stack.kube.proxy.hang();
+    stack.kube.delete::<Secret>("shop", "db").await.unwrap();
+    restart_after_compaction(&mut stack);
     assert_eq!(next(&mut events).await.kind, EventKind::Deleted);
+
+    // ... nor a Secret deleted and created again meanwhile.
+    stack.seal("shop", "db", "shop", "web", r#"{"v":"5"}"#);
+    assert_eq!(value(&next(&mut events).await, "v"), "5");
+    stack.kube.proxy.hang();
+    stack.kube.delete::<Secret>("shop", "db").await.unwrap();
+    stack.seal("shop", "db", "shop", "web", r#"{"v":"6"}"#);
+    restart_after_compaction(&mut stack);
+    // The deletion may be seen (a watch that resumed) or not (a new list).
+    let mut e = next(&mut events).await;
+    if e.kind == EventKind::Deleted {
+        e = next(&mut events).await;
+    }
+    assert_eq!((e.kind, value(&e, "v").as_str()), (EventKind::ContentChanged, "6"));
+}
+
+/// With the agent's connections hung: etcd compacted, the API server restarted,
+/// then the agent let through again.
+fn restart_after_compaction(stack: &mut Stack) {
+    stack.kube.cp.compact();
+    stack.kube.cp.stop_apiserver();
+    stack.kube.cp.start_apiserver();
+    stack.kube.proxy.release();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn more_managed_secrets_than_one_list_page_are_all_listed() {
+    let stack = Stack::start(&["shop"]).await;
+    let web = stack.app("shop", "web", "web-1").await;
+    // kube-runtime lists 500 at a time: the last of these is on the second page.
+    let ct = stack.encrypt_for("shop", "shop", "s-599", "secrets.json", br#"{"v":"last"}"#);
+    let mut secrets = String::new();
+    for i in 0..600 {
+        let data = if i == 599 { ct.clone() } else { "vault:v1:bm90LXJlYWQ=".to_owned() };
+        secrets.push_str(&format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: s-{i:03}\n  namespace: shop\n  labels: {{vaultlet.io/managed: \"true\"}}\n  annotations: {{vaultlet.io/transit-key: shop, vaultlet.io/binding: v1, vaultlet.io/allowed-service-accounts: web}}\nstringData: {{secrets.json: \"{data}\"}}\n"
+        ));
+    }
+    stack.kube.apply(&secrets).unwrap();
+    let _agent = stack.start_agent(&["--peer-binding", "off"]);
+    stack.wait_readable(&web, "s-599").await;
+    let got = stack.client(&web).await.get_secrets(["s-599"]).await.unwrap();
+    assert_eq!(got["s-599"].values["v"].expose_secret(), "last");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_agent_comes_back_and_watches_resume_with_the_current_state() {
     let stack = Stack::start(&["shop"]).await;
     let mut agent = stack.start_agent(&["--peer-binding", "off"]);
-    let web = stack.app("shop", "web", "web-1");
+    let web = stack.app("shop", "web", "web-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"v":"1"}"#);
     stack.wait_readable(&web, "db").await;
     let c = stack.client(&web).await;
@@ -154,7 +200,7 @@ async fn a_killed_agent_comes_back_and_watches_resume_with_the_current_state() {
 async fn revisions_that_cannot_be_decoded_keep_the_last_good_values_and_recover() {
     let stack = Stack::start(&["shop", "doomed"]).await;
     let _agent = stack.start_agent(&["--peer-binding", "off"]);
-    let web = stack.app("shop", "web", "web-1");
+    let web = stack.app("shop", "web", "web-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"password":"good"}"#);
     stack.wait_readable(&web, "db").await;
     let c = stack.client(&web).await;
@@ -162,7 +208,7 @@ async fn revisions_that_cannot_be_decoded_keep_the_last_good_values_and_recover(
     assert_eq!(next(&mut events).await.kind, EventKind::Snapshot);
 
     // A ciphertext Transit refuses.
-    set_data(&stack, "shop", "db", "secrets.json", "vault:v1:bm90IGEgcmVhbCBjaXBoZXJ0ZXh0");
+    set_data(&stack, "shop", "db", "secrets.json", "vault:v1:bm90IGEgcmVhbCBjaXBoZXJ0ZXh0").await;
     let e = next(&mut events).await;
     assert_eq!(e.kind, EventKind::Error);
     assert_eq!(value(&e, "password"), "good", "the last good values come with the error");
@@ -174,7 +220,7 @@ async fn revisions_that_cannot_be_decoded_keep_the_last_good_values_and_recover(
 
     // A document that no longer parses (encrypted, but not JSON).
     let ct = stack.encrypt_for("shop", "shop", "db", "secrets.json", b"password: not json");
-    set_data(&stack, "shop", "db", "secrets.json", &ct);
+    set_data(&stack, "shop", "db", "secrets.json", &ct).await;
     let e = next(&mut events).await;
     assert_eq!(e.kind, EventKind::Error);
     assert!(e.error.unwrap().message.contains("not valid JSON"));
@@ -191,9 +237,9 @@ async fn revisions_that_cannot_be_decoded_keep_the_last_good_values_and_recover(
     assert_eq!(next(&mut old).await.kind, EventKind::Snapshot);
     stack.bao.must(&["write", "transit/keys/doomed/config", "deletion_allowed=true"]);
     stack.bao.must(&["delete", "transit/keys/doomed"]);
-    let mut secret: Secret = stack.kube.get("shop", "old").unwrap();
+    let mut secret: Secret = stack.kube.get("shop", "old").await.unwrap();
     secret.metadata.annotations.get_or_insert_default().insert("touched".into(), "yes".into());
-    stack.kube.replace(secret).unwrap();
+    stack.kube.replace(secret).await.unwrap();
     let e = next(&mut old).await;
     assert_eq!(e.kind, EventKind::Error);
     assert!(e.error.as_ref().unwrap().message.contains("doomed"), "names the key");
@@ -218,7 +264,7 @@ async fn hostile_clients_do_not_take_the_agent_down() {
         "--max-streams-per-peer",
         "30",
     ]);
-    let web = stack.app("shop", "web", "web-1");
+    let web = stack.app("shop", "web", "web-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"password":"p"}"#);
     let socket = stack.socket();
     let rightful = |reference: &str| {
@@ -268,7 +314,7 @@ async fn hostile_clients_do_not_take_the_agent_down() {
     let outsider = Client::connect(&socket).await.unwrap().with_token_source(TokenSource::None);
     let err = outsider.get(vec![SecretRef::new("", "x".repeat(5 << 20))]).await.unwrap_err();
     assert!(matches!(err.code(), Code::ResourceExhausted | Code::OutOfRange), "{err}");
-    let reviews_before = stack.kube.request_count("create", "tokenreviews");
+    let reviews_before = stack.metric("vaultlet_token_reviews_total");
     let bad_token = stack.dir.path().join("bad-token");
     std::fs::write(&bad_token, "eyJhbGciOiJSUzI1NiJ9.eyJ4IjoxfQ.c2lnbmF0dXJl").unwrap();
     let flooder = Client::connect(&socket).await.unwrap().with_token_source(TokenSource::File(bad_token));
@@ -279,7 +325,7 @@ async fn hostile_clients_do_not_take_the_agent_down() {
     for r in futures::future::join_all(calls).await {
         assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
     }
-    assert_eq!(stack.kube.request_count("create", "tokenreviews"), reviews_before, "refused before any TokenReview");
+    assert_eq!(stack.metric("vaultlet_token_reviews_total"), reviews_before, "refused before any TokenReview");
 
     // Watch streams beyond the per-peer limit are refused; a reader that never
     // reads holds nothing more while the secret keeps changing.
@@ -307,4 +353,80 @@ async fn hostile_clients_do_not_take_the_agent_down() {
     let (served, err) = rightful("db");
     assert!(served, "{err}");
     assert!(stack.metric("vaultlet_refused_connections_total") >= 250.0);
+}
+
+/// One pod opens every connection it may, each with unfinished requests and
+/// large headers, and holds them: the agent's memory stays under the
+/// DaemonSet's limit (96 MiB) and another pod keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hostile_pod_cannot_starve_the_node() {
+    let stack = Stack::start(&["shop"]).await;
+    let agent = stack.start_agent(&[]);
+    let web = stack.app("shop", "web", "web-1").await;
+    let hostile = stack.app("shop", "web", "hostile-1").await;
+    stack.seal("shop", "db", "shop", "web", r#"{"password":"p"}"#);
+    let socket = stack.socket();
+    let rightful = || {
+        let cgroup = PodCgroup::create(&web.pod_uid);
+        let args =
+            ["get", "--socket", socket.to_str().unwrap(), "--token-file", web.token_file.to_str().unwrap(), "db"];
+        let started = Instant::now();
+        let out = cgroup.command(&vaultlet_bin(), &args).env("VAULTLET_LOG", "warn").output().unwrap();
+        (out.status.success(), started.elapsed(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rightful().0 {
+        assert!(Instant::now() < deadline, "the rightful caller is not served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The default limits: 32 connections per pod, 100 streams each, 8 KiB of headers.
+    let cgroup = PodCgroup::create(&hostile.pod_uid);
+    let tool = vaultlet_bin().with_file_name("vaultlet-hostile-pod");
+    let args = [
+        "--socket",
+        socket.to_str().unwrap(),
+        "--token-file",
+        hostile.token_file.to_str().unwrap(),
+        "--connections",
+        "40",
+        "--streams",
+        "100",
+        "--header-bytes",
+        "6000",
+    ];
+    let mut child = tokio::process::Command::from(cgroup.command(&tool, &args))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the hostile pod");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = timeout(Duration::from_secs(60), lines.next_line()).await.expect("hostile pod ready").unwrap();
+    let ready = ready.unwrap_or_default();
+    assert!(ready.starts_with("ready"), "{ready}");
+
+    // While it holds everything it could open: others are served, memory is bounded.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let (served, took, err) = rightful();
+        assert!(served, "another pod's call failed: {err}");
+        slowest = slowest.max(took);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let kib = |field: &str| -> u64 {
+        status.lines().find_map(|l| l.strip_prefix(field)).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let (rss, peak) = (kib("VmRSS:"), kib("VmHWM:"));
+    eprintln!("hostile pod: {ready}; agent {rss} KiB resident, peak {peak} KiB; slowest other call {slowest:?}");
+    assert!(peak < 96 * 1024, "the agent peaked at {peak} KiB (resident now {rss} KiB), over the DaemonSet's limit");
+    assert!(stack.metric("vaultlet_refused_connections_total") >= 8.0, "beyond 32 connections, refused");
+    assert!(stack.metric("vaultlet_refused_calls_total") > 0.0, "beyond 256 calls waiting, refused");
+
+    // Its connections never authenticated a call: closed after their grace.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let (served, _, err) = rightful();
+    assert!(served, "{err}");
+    drop(child.stdin.take());
+    let _ = child.wait().await;
 }

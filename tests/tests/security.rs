@@ -11,8 +11,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use secrecy::ExposeSecret;
 use vaultlet_client::{Code, Event, EventKind, WatchStream};
+use vaultlet_tests::cluster::SignedToken;
 use vaultlet_tests::events::{next_within, value};
-use vaultlet_tests::stack::{App, Stack, ensure_namespace};
+use vaultlet_tests::stack::{App, Stack};
 
 async fn next(events: &mut WatchStream) -> Event {
     next_within(events, Duration::from_secs(15)).await
@@ -30,8 +31,8 @@ async fn ended_with(events: &mut WatchStream) -> vaultlet_client::Error {
 
 /// A copy of `from`'s data in a new managed Secret `ns/name` that lets `sa` read
 /// it, made the way a tenant with write access to its own namespace would.
-fn copy_into(stack: &Stack, from: &Secret, ns: &str, name: &str, sa: &str, data: BTreeMap<String, ByteString>) {
-    ensure_namespace(&stack.kube, ns);
+async fn copy_into(stack: &Stack, from: &Secret, ns: &str, name: &str, sa: &str, data: BTreeMap<String, ByteString>) {
+    stack.kube.ensure_namespace(ns).await;
     let mut copy = Secret::default();
     copy.metadata.namespace = Some(ns.into());
     copy.metadata.name = Some(name.into());
@@ -40,18 +41,22 @@ fn copy_into(stack: &Stack, from: &Secret, ns: &str, name: &str, sa: &str, data:
     annotations.insert("vaultlet.io/allowed-service-accounts".into(), sa.into());
     copy.metadata.annotations = Some(annotations);
     copy.data = Some(data);
-    stack.kube.create(copy).expect("the copier may write Secrets of its own namespace");
+    stack.kube.create(copy).await.expect("the copier may write Secrets of its own namespace");
 }
 
 /// Waits until `app`'s call of `reference` no longer says the Secret is
-/// unknown, and returns its error (it must fail).
+/// unknown or the agent starting, and returns its error (it must fail).
 async fn refusal(stack: &Stack, app: &App, reference: &str) -> vaultlet_client::Error {
     let client = stack.client(app).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match client.get_secrets([reference]).await {
             Ok(got) => panic!("{reference} served to {}: {:?}", app.service_account, got.keys().collect::<Vec<_>>()),
-            Err(e) if e.code() == Code::PermissionDenied && std::time::Instant::now() < deadline => {
+            // Not seen yet (or the agent still starting): ask again.
+            Err(e)
+                if matches!(e.code(), Code::PermissionDenied | Code::Unavailable)
+                    && std::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await
             }
             Err(e) => return e,
@@ -65,22 +70,22 @@ async fn a_ciphertext_copied_into_another_secret_or_data_key_does_not_decrypt() 
     // The thief's namespace is even in the migration window: a bound
     // ciphertext stripped of its binding still needs its context.
     let _agent = stack.start_agent(&["--peer-binding", "off", "--allow-unbound-namespaces", "evil"]);
-    let web = stack.app("shop", "web", "web-1");
+    let web = stack.app("shop", "web", "web-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"password":"the-crown-jewels"}"#);
     stack.wait_readable(&web, "db").await;
-    let original: Secret = stack.kube.get("shop", "db").unwrap();
+    let original: Secret = stack.kube.get("shop", "db").await.unwrap();
     let data = original.data.clone().unwrap();
 
     // Into another namespace, as its own service account's Secret.
-    let thief = stack.app("evil", "thief", "thief-1");
-    copy_into(&stack, &original, "evil", "loot", "thief", data.clone());
+    let thief = stack.app("evil", "thief", "thief-1").await;
+    copy_into(&stack, &original, "evil", "loot", "thief", data.clone()).await;
     let err = refusal(&stack, &thief, "loot").await;
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert!(err.to_string().contains("decrypts only in the Secret and data key it was sealed for"), "{err}");
 
     // Into another name of the same namespace, by a service account there.
-    let insider = stack.app("shop", "insider", "insider-1");
-    copy_into(&stack, &original, "shop", "copy", "insider", data.clone());
+    let insider = stack.app("shop", "insider", "insider-1").await;
+    copy_into(&stack, &original, "shop", "copy", "insider", data.clone()).await;
     let err = refusal(&stack, &insider, "copy").await;
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
 
@@ -92,7 +97,7 @@ async fn a_ciphertext_copied_into_another_secret_or_data_key_does_not_decrypt() 
     let mut moved = original.clone();
     let ct = data["secrets.json"].clone();
     moved.data.as_mut().unwrap().insert("other.json".into(), ct);
-    stack.kube.replace(moved).unwrap();
+    stack.kube.replace(moved).await.unwrap();
     let e = next(&mut events).await;
     assert_eq!(e.kind, EventKind::Error);
     let message = &e.error.as_ref().unwrap().message;
@@ -103,7 +108,7 @@ async fn a_ciphertext_copied_into_another_secret_or_data_key_does_not_decrypt() 
     // Stripped of its binding annotation, in a namespace of the migration window.
     let mut unbound = original.clone();
     unbound.metadata.annotations.as_mut().unwrap().remove("vaultlet.io/binding");
-    copy_into(&stack, &unbound, "evil", "loot-unbound", "thief", data);
+    copy_into(&stack, &unbound, "evil", "loot-unbound", "thief", data).await;
     let err = refusal(&stack, &thief, "loot-unbound").await;
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
 
@@ -117,7 +122,7 @@ async fn a_ciphertext_copied_into_another_secret_or_data_key_does_not_decrypt() 
 async fn a_watch_ends_before_the_new_value_when_the_annotation_drops_its_service_account() {
     let stack = Stack::start(&["shop"]).await;
     let _agent = stack.start_agent(&["--peer-binding", "off"]);
-    let web = stack.app("shop", "web", "web-1");
+    let web = stack.app("shop", "web", "web-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"password":"old"}"#);
     stack.wait_readable(&web, "db").await;
     let mut events = stack.client(&web).await.watch(["db"]).unwrap();
@@ -147,14 +152,14 @@ async fn a_watch_ends_before_the_new_value_when_the_annotation_drops_its_service
 async fn an_annotation_edit_alone_ends_the_watch() {
     let stack = Stack::start(&["shop"]).await;
     let _agent = stack.start_agent(&["--peer-binding", "off"]);
-    let web = stack.app("shop", "web", "web-1");
+    let web = stack.app("shop", "web", "web-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"password":"p"}"#);
     stack.wait_readable(&web, "db").await;
     let mut events = stack.client(&web).await.watch(["db"]).unwrap();
     next(&mut events).await;
-    let mut secret: Secret = stack.kube.get("shop", "db").unwrap();
+    let mut secret: Secret = stack.kube.get("shop", "db").await.unwrap();
     secret.metadata.annotations.as_mut().unwrap().insert("vaultlet.io/allowed-service-accounts".into(), "other".into());
-    stack.kube.replace(secret).unwrap();
+    stack.kube.replace(secret).await.unwrap();
     assert_eq!(ended_with(&mut events).await.code(), Code::PermissionDenied);
 }
 
@@ -164,8 +169,8 @@ async fn a_policy_file_reload_ends_the_watches_it_no_longer_grants() {
     let policy = stack.dir.path().join("policy.yaml");
     std::fs::write(&policy, "grants:\n  - from: [payments/api]\n    secrets: [shop/db]\n").unwrap();
     let _agent = stack.start_agent(&["--peer-binding", "off", "--policy-file", policy.to_str().unwrap()]);
-    let api = stack.app("payments", "api", "api-1");
-    ensure_namespace(&stack.kube, "shop");
+    let api = stack.app("payments", "api", "api-1").await;
+    stack.kube.ensure_namespace("shop").await;
     stack.seal("shop", "db", "shop", "web", r#"{"password":"p"}"#);
     stack.wait_readable(&api, "shop/db").await;
     let mut events = stack.client(&api).await.watch(["shop/db"]).unwrap();
@@ -185,14 +190,14 @@ async fn a_policy_file_reload_ends_the_watches_it_no_longer_grants() {
 async fn a_secret_deleted_and_created_again_for_someone_else_ends_the_watch() {
     let stack = Stack::start(&["shop"]).await;
     let _agent = stack.start_agent(&["--peer-binding", "off"]);
-    let web = stack.app("shop", "web", "web-1");
+    let web = stack.app("shop", "web", "web-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"password":"mine"}"#);
     stack.wait_readable(&web, "db").await;
     let mut events = stack.client(&web).await.watch(["db"]).unwrap();
     next(&mut events).await;
 
     // Deleted: the subscriber may learn that much.
-    stack.kube.delete::<Secret>("shop", "db").unwrap();
+    stack.kube.delete::<Secret>("shop", "db").await.unwrap();
     assert_eq!(next(&mut events).await.kind, EventKind::Deleted);
     // Created again by someone else, for someone else.
     stack.seal("shop", "db", "shop", "other", r#"{"password":"theirs"}"#);
@@ -209,7 +214,7 @@ async fn a_legacy_secret_is_refused_until_bound_and_its_old_ciphertext_after() {
     let old_ct =
         stack.bao.must(&["write", "-field=ciphertext", "transit/encrypt/legacy", &format!("plaintext={plain}")]);
     let old_ct = old_ct.trim().to_owned();
-    ensure_namespace(&stack.kube, "shop");
+    stack.kube.ensure_namespace("shop").await;
     let mut secret = Secret::default();
     secret.metadata.namespace = Some("shop".into());
     secret.metadata.name = Some("db".into());
@@ -222,8 +227,8 @@ async fn a_legacy_secret_is_refused_until_bound_and_its_old_ciphertext_after() {
         .into(),
     );
     secret.data = Some([("secrets.json".to_owned(), ByteString(old_ct.clone().into_bytes()))].into());
-    stack.kube.create(secret).unwrap();
-    let web = stack.app("shop", "web", "web-1");
+    stack.kube.create(secret).await.unwrap();
+    let web = stack.app("shop", "web", "web-1").await;
     // The agent may decrypt with the new key too (setup.sh would be rerun).
     stack.openbao_setup(&["shop", "legacy", "legacy-bound"]);
 
@@ -257,7 +262,7 @@ async fn a_legacy_secret_is_refused_until_bound_and_its_old_ciphertext_after() {
         String::from_utf8_lossy(&again.stdout).contains("0 secret(s) bound, 1 already bound"),
         "a rerun changes nothing"
     );
-    let bound: Secret = stack.kube.get("shop", "db").unwrap();
+    let bound: Secret = stack.kube.get("shop", "db").await.unwrap();
     let annotations = bound.metadata.annotations.clone().unwrap();
     assert_eq!(
         (annotations["vaultlet.io/transit-key"].as_str(), annotations["vaultlet.io/binding"].as_str()),
@@ -279,14 +284,14 @@ async fn a_legacy_secret_is_refused_until_bound_and_its_old_ciphertext_after() {
     annotations.remove("vaultlet.io/binding");
     annotations.insert("vaultlet.io/transit-key".into(), "legacy".into());
     replayed.data = Some([("secrets.json".to_owned(), ByteString(old_ct.into_bytes()))].into());
-    stack.kube.replace(replayed).unwrap();
+    stack.kube.replace(replayed).await.unwrap();
     let e = next(&mut events).await;
     assert_eq!(e.kind, EventKind::Error);
     assert!(e.error.unwrap().message.contains("not bound to it"));
     // ... nor claiming a binding under its key, which is not derived.
-    let mut claimed = stack.kube.get::<Secret>("shop", "db").unwrap();
+    let mut claimed = stack.kube.get::<Secret>("shop", "db").await.unwrap();
     claimed.metadata.annotations.as_mut().unwrap().insert("vaultlet.io/binding".into(), "v1".into());
-    stack.kube.replace(claimed).unwrap();
+    stack.kube.replace(claimed).await.unwrap();
     let e = next(&mut events).await;
     assert_eq!(e.kind, EventKind::Error);
     assert!(e.error.unwrap().message.contains("is not derived"));
@@ -307,7 +312,7 @@ fn base64(bytes: &[u8]) -> String {
 async fn seal_refuses_a_key_that_is_not_derived() {
     let stack = Stack::start(&["shop"]).await;
     stack.bao.must(&["write", "-f", "transit/keys/plain"]);
-    ensure_namespace(&stack.kube, "shop");
+    stack.kube.ensure_namespace("shop").await;
     let out = stack.vaultlet(
         &["seal", "--namespace", "shop", "--name", "db", "--transit-key", "plain", "--allow", "web", "-"],
         Some(br#"{"k":"v"}"#),
@@ -324,11 +329,21 @@ async fn seal_refuses_a_key_that_is_not_derived() {
 async fn an_expired_token_ends_the_watch_and_the_client_resumes_with_the_rotated_token() {
     let stack = Stack::start(&["shop"]).await;
     let _agent = stack.start_agent(&["--peer-binding", "off"]);
-    let web = stack.app("shop", "web", "web-1");
+    let web = stack.app("shop", "web", "web-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"v":"1"}"#);
     stack.wait_readable(&web, "db").await;
     // A token about to expire, as kubelet's is between two rotations.
-    let short = stack.kube.mint_token("shop", "web", Some("web-1"), &["vaultlet"], Duration::from_secs(4)).unwrap();
+    let short = stack
+        .kube
+        .sign_token(SignedToken {
+            namespace: "shop",
+            service_account: "web",
+            pod: Some("web-1"),
+            audiences: &["vaultlet"],
+            expires_in: 4,
+            node_info: true,
+        })
+        .await;
     std::fs::write(&web.token_file, &short).unwrap();
     let mut events = stack.client(&web).await.watch(["db"]).unwrap();
     let first = next(&mut events).await;
@@ -336,7 +351,7 @@ async fn an_expired_token_ends_the_watch_and_the_client_resumes_with_the_rotated
 
     // Kubelet rotates the file before the old token expires; the watch goes on
     // with the old one until the agent ends it at expiry.
-    let long = stack.kube.mint_token("shop", "web", Some("web-1"), &["vaultlet"], Duration::from_secs(3600)).unwrap();
+    let long = stack.kube.token("shop", "web", Some("web-1"), &["vaultlet"], Duration::from_secs(3600)).await;
     std::fs::write(&web.token_file, &long).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let revoked = loop {
@@ -365,14 +380,14 @@ async fn an_expired_token_ends_the_watch_and_the_client_resumes_with_the_rotated
 async fn a_deleted_pods_calls_and_watches_end_at_once() {
     let stack = Stack::start(&["shop"]).await;
     let _agent = stack.start_agent(&["--peer-binding", "off", "--token-review-cache-ttl", "60s"]);
-    let gone = stack.app("shop", "web", "web-gone");
+    let gone = stack.app("shop", "web", "web-gone").await;
     stack.seal("shop", "db", "shop", "web", r#"{"v":"1"}"#);
     stack.wait_readable(&gone, "db").await;
     let client = stack.client(&gone).await;
     let mut events = client.watch(["db"]).unwrap();
     next(&mut events).await;
 
-    stack.kube.delete_pod("shop", "web-gone").unwrap();
+    stack.kube.force_delete_pod("shop", "web-gone").await;
     // Whatever the review cache holds (60 s here), the pod watch decides.
     let err = ended_with(&mut events).await;
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");

@@ -151,16 +151,19 @@ fn say(line: &str) {
 }
 
 pub async fn run(plan: &Plan, bench_bin: &Path) -> (Report, Samples) {
-    say("starting the stack (Kubernetes API test server, OpenBao, release agent)");
+    say("starting the stack (kube-apiserver and etcd, OpenBao, release agent)");
     let stack = Stack::start(&[KEY]).await;
-    let me = stack.app(NS, "web", "bench-client");
+    let me = stack.app(NS, "web", "bench-client").await;
     // This process is the pod `bench-client`: peer binding stays on.
     let mut my_cgroup = PodCgroup::create(&me.pod_uid);
     my_cgroup.enter();
     for name in BURST_SECRETS.iter().chain(["hot"].iter()) {
         stack.seal(NS, name, KEY, "web", &format!(r#"{{"name":"{name}","password":"{}"}}"#, "x".repeat(24)));
     }
-    let pods: Vec<App> = (0..plan.burst_pods).map(|i| stack.app(NS, "web", &format!("burst-{i}"))).collect();
+    let mut pods: Vec<App> = Vec::with_capacity(plan.burst_pods);
+    for i in 0..plan.burst_pods {
+        pods.push(stack.app(NS, "web", &format!("burst-{i}")).await);
+    }
     baseline_role(&stack);
 
     // Vault calls are counted from the agent's start: its first login (made at
@@ -196,7 +199,10 @@ pub async fn run(plan: &Plan, bench_bin: &Path) -> (Report, Samples) {
     say(&format!("  {agent_ms:.0} ms, {vault_logins} Vault login(s), {vault_decrypts} decrypt(s)"));
 
     say("burst baseline: the same pods the seeds' way (Kubernetes read, Vault login, decrypt each)");
-    let seed_tokens: Vec<PathBuf> = pods.iter().map(|p| vault_token(&stack, p)).collect();
+    let mut seed_tokens: Vec<PathBuf> = Vec::with_capacity(pods.len());
+    for p in &pods {
+        seed_tokens.push(vault_token(&stack, p).await);
+    }
     let (logins_before, decrypts_before) =
         (stack.bao.requests_under("auth/kubernetes/login"), stack.bao.requests_under("transit/decrypt/"));
     let kubeconfig = stack.kubeconfig.clone();
@@ -334,11 +340,9 @@ fn baseline_role(stack: &Stack) {
     ]);
 }
 
-fn vault_token(stack: &Stack, pod: &App) -> PathBuf {
-    let token = stack
-        .kube
-        .mint_token(NS, &pod.service_account, Some(&pod.pod), &[VAULT_AUDIENCE], Duration::from_secs(3600))
-        .expect("vault-audience token");
+async fn vault_token(stack: &Stack, pod: &App) -> PathBuf {
+    let token =
+        stack.kube.token(NS, &pod.service_account, Some(&pod.pod), &[VAULT_AUDIENCE], Duration::from_secs(3600)).await;
     let path = stack.dir.path().join(format!("vault-token-{}", pod.pod));
     std::fs::write(&path, token).expect("token file");
     path
@@ -498,12 +502,12 @@ async fn propagation(stack: &Stack, me: &App, subscribers: usize) -> (Vec<Durati
 
     let rotated = rewrap_hot(stack, &transit).await;
     let start = Instant::now();
-    stack.kube.replace(rotated).expect("write the rotated Secret");
+    stack.kube.replace(rotated).await.expect("write the rotated Secret");
     let recrypted = collect(&mut seen_rx, EventKind::Recrypted, subscribers, start).await;
 
     let edited = new_content_hot(stack, &transit).await;
     let start = Instant::now();
-    stack.kube.replace(edited).expect("write the edited Secret");
+    stack.kube.replace(edited).await.expect("write the edited Secret");
     let content = collect(&mut seen_rx, EventKind::ContentChanged, subscribers, start).await;
     for t in tasks {
         t.abort();
@@ -538,7 +542,7 @@ fn root_transit(stack: &Stack) -> Arc<Transit> {
 /// `hot` rotated as `vaultlet recrypt` would: new key version, same plaintext.
 async fn rewrap_hot(stack: &Stack, transit: &Transit) -> Secret {
     transit.rotate(KEY).await.expect("rotate");
-    let mut secret: Secret = stack.kube.get(NS, "hot").expect("hot");
+    let mut secret: Secret = stack.kube.get(NS, "hot").await.expect("hot");
     let data = secret.data.as_mut().expect("data");
     let (key, ct) =
         data.iter().next().map(|(k, v)| (k.clone(), String::from_utf8(v.0.clone()).expect("utf-8"))).expect("one key");
@@ -549,7 +553,7 @@ async fn rewrap_hot(stack: &Stack, transit: &Transit) -> Secret {
 }
 
 async fn new_content_hot(stack: &Stack, transit: &Transit) -> Secret {
-    let mut secret: Secret = stack.kube.get(NS, "hot").expect("hot");
+    let mut secret: Secret = stack.kube.get(NS, "hot").await.expect("hot");
     let data = secret.data.as_mut().expect("data");
     let key = data.keys().next().cloned().expect("one key");
     let place = convention::place(NS, "hot", &key);

@@ -76,7 +76,7 @@ async fn main() {
     let say = |s: &str| eprintln!("vaultlet-soak: {s}");
     say("starting the stack");
     let stack = Arc::new(Stack::start(&["soak"]).await);
-    let me = stack.app("soak", "web", "soak-client");
+    let me = stack.app("soak", "web", "soak-client").await;
     let mut cgroup = PodCgroup::create(&me.pod_uid);
     cgroup.enter();
     stack.seal("soak", "hot", "soak", "web", r#"{"password":"rotated-every-10s"}"#);
@@ -152,7 +152,7 @@ async fn main() {
         ROTATE_EVERY.as_secs()
     ));
     let end = Instant::now() + Duration::from_secs(args.minutes * 60);
-    let mut written: Vec<String> = vec![revision(&stack)];
+    let mut written: Vec<String> = vec![revision(&stack).await];
     let mut rss = Vec::new();
     let mut restarts = 0;
     let mut next_restart = Instant::now() + restart_delay();
@@ -161,9 +161,9 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if Instant::now() >= next_rotation {
             next_rotation += ROTATE_EVERY;
-            let out = stack.vaultlet(&["recrypt", "--namespace", "soak"], None);
+            let out = stack.recrypt(&["--namespace", "soak"]);
             if out.status.success() {
-                written.push(revision(&stack));
+                written.push(revision(&stack).await);
             } else {
                 say(&format!("recrypt failed: {}", String::from_utf8_lossy(&out.stderr)));
             }
@@ -231,8 +231,8 @@ async fn main() {
     let _ = agent.terminate(Duration::from_secs(15));
 }
 
-fn revision(stack: &Stack) -> String {
-    let s: Secret = stack.kube.get("soak", "hot").expect("hot");
+async fn revision(stack: &Stack) -> String {
+    let s: Secret = stack.kube.get("soak", "hot").await.expect("hot");
     s.metadata.resource_version.unwrap_or_default()
 }
 

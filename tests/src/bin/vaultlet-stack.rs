@@ -9,6 +9,8 @@
 //!
 //! For other test suites (`--info-out FILE`): it writes where everything is as
 //! JSON to FILE once the agent serves the Secret, and runs until SIGTERM.
+//! `vaultlet-stack token ...` then signs a token for them with the cluster's
+//! key (the API server issues none that expires within ten minutes).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,27 +21,63 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use vaultlet_client::{Client, TokenSource};
 use vaultlet_tests::bao::ROOT_TOKEN;
+use vaultlet_tests::cluster::{Cluster, SignedToken};
 use vaultlet_tests::stack::{App, Stack};
 
 #[derive(Parser)]
-#[command(about = "The full vaultlet stack on this machine (API test server, OpenBao, agent)")]
+#[command(about = "The full vaultlet stack on this machine (kube-apiserver and etcd, OpenBao, agent)")]
 struct Args {
     /// Write the stack's addresses and files as JSON here, then run until SIGTERM.
     #[arg(long, value_name = "FILE")]
     info_out: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Tool>,
+}
+
+#[derive(clap::Subcommand)]
+enum Tool {
+    /// Print a pod-bound token (audience vaultlet) signed with the key of the
+    /// control plane in DIR, expiring in SECONDS.
+    Token {
+        #[arg(long, value_name = "DIR")]
+        controlplane: PathBuf,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        #[arg(long)]
+        pod: String,
+        #[arg(long, value_name = "SECONDS")]
+        expires_in: i64,
+    },
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if let Some(Tool::Token { controlplane, namespace, service_account, pod, expires_in }) = args.command {
+        vaultlet::cli::install_crypto_provider();
+        let cluster = Cluster::attach(&controlplane).await;
+        let token = SignedToken {
+            namespace: &namespace,
+            service_account: &service_account,
+            pod: Some(&pod),
+            audiences: &["vaultlet"],
+            expires_in,
+            node_info: true,
+        };
+        println!("{}", cluster.sign_token(token).await);
+        return;
+    }
     if args.info_out.is_none() {
-        println!("starting the Kubernetes API test server and OpenBao...");
+        println!("starting kube-apiserver, etcd and OpenBao...");
     }
     let stack = Stack::start(&["shop"]).await;
     // The caller is not in a pod here, so peer binding would refuse it: warn instead.
     let _agent = stack.start_agent(&["--peer-binding", "warn"]);
-    let web = stack.app("shop", "web", "web-1");
-    let worker = stack.app("shop", "worker", "worker-1");
+    let web = stack.app("shop", "web", "web-1").await;
+    let worker = stack.app("shop", "worker", "worker-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"user":"shop","password":"first-password"}"#);
     stack.wait_readable(&web, "db").await;
 
@@ -59,6 +97,8 @@ async fn serve_for_tests(stack: &Stack, web: &App, worker: &App, path: &std::pat
         "secret": "db",
         "transit_key": "shop",
         "tokens": { "web": web.token_file, "worker": worker.token_file },
+        "controlplane": stack.kube.cp.dir,
+        "audit_log": stack.audit_log(),
     });
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, info.to_string()).expect("write the info file");
@@ -99,7 +139,7 @@ async fn tour(stack: &Stack, web: &App) {
     pause().await;
 
     println!("\n$ vaultlet recrypt --namespace shop     (rotate the key, rewrap inside OpenBao)");
-    print_output(stack.vaultlet(&["recrypt", "--namespace", "shop"], None));
+    print_output(stack.recrypt(&["--namespace", "shop"]));
     pause().await;
     println!("\n$ vaultlet seal ... (new content)");
     stack.seal("shop", "db", "shop", "web", r#"{"user":"shop","password":"second-password"}"#);
@@ -118,8 +158,9 @@ async fn tour(stack: &Stack, web: &App) {
         socket.display(),
         web.token_file.display()
     );
-    println!("  target/debug/vaultlet recrypt --namespace shop");
+    println!("  target/debug/vaultlet recrypt --namespace shop     # as an operator (vaultlet-seal)");
     println!("  kubectl get secret -n shop db -o yaml     # only vault:vN: ciphertext");
+    println!("  (administrator: KUBECONFIG={})", stack.kube.admin_kubeconfig().display());
     println!("  (the agent's log: {}; its audit log: {})", stack.agent_log().display(), stack.audit_log().display());
     println!("Ctrl-C stops everything.");
     let _ = tokio::signal::ctrl_c().await;
