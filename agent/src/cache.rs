@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{Mutex, OnceCell, watch};
 
 use crate::secret::{SecretId, SecretVersion};
-use crate::source::{ChangeReceiver, Loaded, SecretSource, Unavailable};
+use crate::source::{ChangeReceiver, Held, Loaded, SecretSource, Unavailable};
 
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -145,7 +145,7 @@ impl Cache {
             .state
             .get_or_try_init(|| async {
                 let _serial = entry.loading.lock().await;
-                let state = match self.source.load(id, None).await? {
+                let state = match self.source.load(id, Held::default()).await? {
                     Loaded::Absent | Loaded::Unchanged => SecretState::Absent,
                     Loaded::Version(v) => SecretState::Ready { version: Arc::new(v), error: None },
                     Loaded::Invalid { revision, message } => {
@@ -167,9 +167,11 @@ impl Cache {
         loop {
             tokio::select! {
                 id = changes.recv() => match id {
-                    Some(id) => {
+                    // Secrets nobody asked for cost nothing, not even a task.
+                    Some(id) if self.entries.read().expect("cache lock").contains_key(&id) => {
                         tokio::spawn(self.clone().refresh(id));
                     }
+                    Some(_) => {}
                     None => return,
                 },
                 _ = sweep.tick() => self.sweep(),
@@ -189,7 +191,8 @@ impl Cache {
             let _serial = entry.loading.lock().await;
             let Some(tx) = entry.state.get() else { return };
             let current = tx.borrow().clone();
-            let next = match self.source.load(&id, current.attempted_revision()).await {
+            let held = Held { revision: current.attempted_revision(), version: current.good().map(|v| &**v) };
+            let next = match self.source.load(&id, held).await {
                 Ok(Loaded::Unchanged) => None,
                 Ok(Loaded::Absent) => (!matches!(*current, SecretState::Absent)).then_some(SecretState::Absent),
                 Ok(Loaded::Version(v)) => {
@@ -251,10 +254,10 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use futures::FutureExt;
-    use futures::future::BoxFuture;
 
     use super::*;
     use crate::secret::tests::version;
+    use crate::source::LoadFuture;
 
     /// A source whose content the test sets, counting loads and decodes.
     #[derive(Default)]
@@ -272,7 +275,7 @@ mod tests {
     }
 
     impl SecretSource for Scripted {
-        fn load<'a>(&'a self, id: &'a SecretId, known: Option<&'a str>) -> BoxFuture<'a, Result<Loaded, Unavailable>> {
+        fn load<'a>(&'a self, id: &'a SecretId, held: Held<'a>) -> LoadFuture<'a> {
             async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 if *self.down.lock().unwrap() {
@@ -281,7 +284,7 @@ mod tests {
                 let Some((rev, json)) = self.docs.lock().unwrap().get(id).cloned() else {
                     return Ok(Loaded::Absent);
                 };
-                if known == Some(rev.as_str()) {
+                if held.revision == Some(rev.as_str()) {
                     return Ok(Loaded::Unchanged);
                 }
                 self.decodes.fetch_add(1, Ordering::SeqCst);

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub transit_errors: Counter,
     /// TokenReviews sent to the Kubernetes API (cache misses).
     pub token_reviews: Counter,
+    /// Secrets read from the Kubernetes API (their data: on first use, and on
+    /// a change while somebody on this node uses them).
+    pub secret_fetches: Counter,
     /// gRPC calls by method and status code.
     pub calls: Family<CallLabels, Counter>,
     /// Access decisions (allowed, denied, unauthenticated).
@@ -64,6 +67,11 @@ impl Metrics {
         );
         registry.register("transit_errors", "Transit calls that failed", self.transit_errors.clone());
         registry.register("token_reviews", "TokenReviews sent to the Kubernetes API", self.token_reviews.clone());
+        registry.register(
+            "secret_fetches",
+            "Secrets whose data was read from the Kubernetes API",
+            self.secret_fetches.clone(),
+        );
         registry.register("calls", "gRPC calls by method and status code", self.calls.clone());
         registry.register("decisions", "Access decisions", self.decisions.clone());
         registry.register("watch_streams", "Open WatchSecrets streams", self.watch_streams.clone());

@@ -192,16 +192,15 @@ fn deny(caller: &Caller, id: &SecretId, reason: String) -> Denied {
 
 #[cfg(test)]
 mod tests {
-    use futures::future::BoxFuture;
 
     use super::*;
-    use crate::source::{Loaded, Unavailable};
+    use crate::source::{Held, LoadFuture, Loaded};
 
     /// Access as a fixed answer per secret name.
     struct Annotated;
 
     impl SecretSource for Annotated {
-        fn load<'a>(&'a self, _: &'a SecretId, _: Option<&'a str>) -> BoxFuture<'a, Result<Loaded, Unavailable>> {
+        fn load<'a>(&'a self, _: &'a SecretId, _: Held<'a>) -> LoadFuture<'a> {
             Box::pin(async { Ok(Loaded::Absent) })
         }
 

@@ -36,6 +36,10 @@ pub struct DocumentVersion {
     pub doc: Arc<Document>,
     pub key_version: u32,
     pub format: Format,
+    /// A fingerprint of what the document was decoded from (its ciphertext and
+    /// how it is read; 0 where the source is not encrypted): a source may reuse
+    /// the document of a new revision that carries the same.
+    pub source: u64,
 }
 
 /// A decoded version of a secret.
@@ -204,7 +208,8 @@ pub(crate) mod tests {
                 .iter()
                 .map(|(k, kv, text)| {
                     let doc = Document::parse(Format::Json, text.as_bytes().to_vec()).unwrap();
-                    ((*k).to_owned(), DocumentVersion { doc: Arc::new(doc), key_version: *kv, format: Format::Json })
+                    let dv = DocumentVersion { doc: Arc::new(doc), key_version: *kv, format: Format::Json, source: 0 };
+                    ((*k).to_owned(), dv)
                 })
                 .collect(),
         }

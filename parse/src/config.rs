@@ -125,7 +125,7 @@ pub struct ServeArgs {
     #[cfg_attr(feature = "cli", arg(long, env = "VAULTLET_MAX_CONNECTIONS"))]
     pub max_connections: Option<usize>,
 
-    /// Connections one peer (a pod; outside pods, a user) may hold [default: 128].
+    /// Connections one peer (a pod; outside pods, a user) may hold [default: 32].
     #[cfg_attr(feature = "cli", arg(long, env = "VAULTLET_MAX_CONNECTIONS_PER_PEER"))]
     pub max_connections_per_peer: Option<usize>,
 

@@ -36,6 +36,8 @@ pub fn vaultlet(args: &[&str]) -> Output {
 pub struct AgentProcess {
     child: Child,
     pub socket: PathBuf,
+    /// What the agent runs under (e.g. valgrind), if anything.
+    wrapper: Vec<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     log: Option<PathBuf>,
@@ -50,12 +52,24 @@ impl AgentProcess {
     /// `start` with these environment variables, appending the agent's log
     /// (stderr) to `log` when given.
     pub fn launch(args: &[&str], env: &[(&str, &str)], log: Option<&Path>, socket: &Path) -> AgentProcess {
+        Self::launch_wrapped(&[], args, env, log, socket)
+    }
+
+    /// `launch`, the agent run by `wrapper` (`valgrind --tool=callgrind`, say).
+    pub fn launch_wrapped(
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+        socket: &Path,
+    ) -> AgentProcess {
+        let wrapper: Vec<String> = wrapper.iter().map(|s| (*s).to_owned()).collect();
         let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         let log = log.map(Path::to_owned);
         let stale = socket_inode(socket);
-        let child = spawn(&args, &env, log.as_deref());
-        let mut agent = AgentProcess { child, socket: socket.to_owned(), args, env, log };
+        let child = spawn(&wrapper, &args, &env, log.as_deref());
+        let mut agent = AgentProcess { child, socket: socket.to_owned(), wrapper, args, env, log };
         agent.wait_ready(stale);
         agent
     }
@@ -74,7 +88,8 @@ impl AgentProcess {
     /// agent left). Not by connecting: a production agent would audit a test
     /// process, outside any pod, as a refused connection.
     fn wait_ready(&mut self, stale: Option<(u64, i64, i64)>) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Under a wrapper such as valgrind, start-up takes many times longer.
+        let deadline = Instant::now() + Duration::from_secs(if self.wrapper.is_empty() { 30 } else { 300 });
         loop {
             let now = socket_inode(&self.socket);
             if now.is_some() && now != stale {
@@ -84,7 +99,7 @@ impl AgentProcess {
                 let log = self.log.as_ref().and_then(|l| std::fs::read_to_string(l).ok()).unwrap_or_default();
                 panic!("agent exited before listening ({status}): vaultlet {}\n{log}", self.args.join(" "));
             }
-            assert!(Instant::now() < deadline, "agent did not listen on {} within 30 s", self.socket.display());
+            assert!(Instant::now() < deadline, "agent did not listen on {} in time", self.socket.display());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -111,7 +126,7 @@ impl AgentProcess {
     /// Starts the same command again (after `terminate` or `kill`).
     pub fn restart(&mut self) {
         let stale = socket_inode(&self.socket);
-        self.child = spawn(&self.args, &self.env, self.log.as_deref());
+        self.child = spawn(&self.wrapper, &self.args, &self.env, self.log.as_deref());
         self.wait_ready(stale);
     }
 
@@ -139,15 +154,22 @@ fn socket_inode(path: &Path) -> Option<(u64, i64, i64)> {
         .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
-fn spawn(args: &[String], env: &[(String, String)], log: Option<&Path>) -> Child {
+fn spawn(wrapper: &[String], args: &[String], env: &[(String, String)], log: Option<&Path>) -> Child {
     let stderr = match log {
         Some(path) => {
             Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(path).expect("agent log file"))
         }
         None => Stdio::inherit(),
     };
-    Command::new(vaultlet_bin())
-        .args(args)
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(vaultlet_bin());
+            c
+        }
+        None => Command::new(vaultlet_bin()),
+    };
+    cmd.args(args)
         .env("VAULTLET_LOG", std::env::var("VAULTLET_LOG").unwrap_or_else(|_| "warn".into()))
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())

@@ -46,9 +46,9 @@ pub struct SignedToken<'a> {
 }
 
 impl Cluster {
-    /// Starts a control plane with its state in `dir`.
-    pub async fn start(dir: &Path) -> Cluster {
-        Self::with(ControlPlane::up(dir)).await
+    /// Starts a control plane with its state in `dir` (and extra kube-apiserver flags).
+    pub async fn start(dir: &Path, apiserver_args: &[String]) -> Cluster {
+        Self::with(ControlPlane::up(dir, apiserver_args)).await
     }
 
     /// The control plane another process started in `dir`.

@@ -40,11 +40,13 @@ fn build() {
 }
 
 impl ControlPlane {
-    /// Starts etcd and kube-apiserver with their state in `dir`.
-    pub fn up(dir: &Path) -> ControlPlane {
+    /// Starts etcd and kube-apiserver with their state in `dir`, the API
+    /// server with `apiserver_args` besides its own.
+    pub fn up(dir: &Path, apiserver_args: &[String]) -> ControlPlane {
         build();
         let mut cmd = Command::new(script());
         cmd.arg("up").arg(dir).args(["--owner-pid", &std::process::id().to_string()]);
+        cmd.args(apiserver_args.iter().map(|a| format!("--apiserver-arg={a}")));
         let out = cmd.output().expect("run scripts/controlplane up");
         assert!(
             out.status.success(),

@@ -3,6 +3,8 @@
 //! nothing moves) and dropped connections. TLS passes through untouched.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,6 +21,8 @@ pub struct Proxy {
     mode: watch::Sender<Mode>,
     /// Bumped to close every connection open now.
     drops: watch::Sender<u64>,
+    /// Bytes sent from the server to the clients, in all.
+    down: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -29,13 +33,14 @@ impl Proxy {
         let port = listener.local_addr().expect("proxy address").port();
         let (mode, _) = watch::channel(Mode::Pass);
         let (drops, _) = watch::channel(0u64);
-        let (m, d) = (mode.clone(), drops.clone());
+        let down = Arc::new(AtomicU64::new(0));
+        let (m, d, counted) = (mode.clone(), drops.clone(), down.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(forward(client, target, m.subscribe(), d.subscribe()));
+                tokio::spawn(forward(client, target, m.subscribe(), d.subscribe(), counted.clone()));
             }
         });
-        Proxy { port, mode, drops, task }
+        Proxy { port, mode, drops, down, task }
     }
 
     pub fn port(&self) -> u16 {
@@ -55,6 +60,12 @@ impl Proxy {
     pub fn drop_connections(&self) {
         self.drops.send_modify(|n| *n += 1);
     }
+
+    /// Bytes the server has sent its clients through the proxy so far (TLS
+    /// records included).
+    pub fn bytes_to_clients(&self) -> u64 {
+        self.down.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Proxy {
@@ -69,6 +80,7 @@ async fn forward(
     target: SocketAddr,
     mut mode: watch::Receiver<Mode>,
     mut drops: watch::Receiver<u64>,
+    down_bytes: Arc<AtomicU64>,
 ) {
     drops.mark_unchanged();
     let Ok(mut server) = TcpStream::connect(target).await else { return };
@@ -91,7 +103,10 @@ async fn forward(
             },
             n = sr.read(&mut down) => match n {
                 Ok(0) | Err(_) => return,
-                Ok(n) => if cw.write_all(&down[..n]).await.is_err() { return },
+                Ok(n) => {
+                    down_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    if cw.write_all(&down[..n]).await.is_err() { return }
+                }
             },
             r = mode.changed() => if r.is_err() { return },
             _ = drops.changed() => return,

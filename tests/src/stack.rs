@@ -23,7 +23,6 @@ pub const VAULT_AUDIENCE: &str = "vault";
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 pub struct Stack {
-    pub dir: tempfile::TempDir,
     pub kube: Cluster,
     pub bao: Bao,
     /// The operator's kubeconfig (`vaultlet-seal`), what `vaultlet` runs with.
@@ -34,6 +33,9 @@ pub struct Stack {
     recrypt_vault_token: PathBuf,
     files: StackFiles,
     admin_port: u16,
+    /// Last: fields drop in order, and the servers above must stop before
+    /// their directory goes.
+    pub dir: tempfile::TempDir,
 }
 
 /// What `setup.sh` reads besides its environment.
@@ -55,8 +57,13 @@ impl Stack {
     /// Starts the control plane and OpenBao, applies `deploy/`, and configures
     /// OpenBao with the deploy script for Transit keys `keys`.
     pub async fn start(keys: &[&str]) -> Stack {
+        Self::start_with(keys, &[]).await
+    }
+
+    /// `start`, with extra kube-apiserver flags.
+    pub async fn start_with(keys: &[&str], apiserver_args: &[String]) -> Stack {
         let dir = tempfile::tempdir().expect("temp dir");
-        let kube = Cluster::start(&dir.path().join("controlplane")).await;
+        let kube = Cluster::start(&dir.path().join("controlplane"), apiserver_args).await;
         let bao = Bao::start(dir.path());
         let deploy = render(&repo_root().join("deploy"), &["openbao/reviewer"]);
         kube.apply(&deploy).unwrap_or_else(|e| panic!("the API server refused deploy/: {e}"));
@@ -198,10 +205,15 @@ impl Stack {
 
     /// `start_agent` with the log level `level` (the benchmark logs little).
     pub fn start_agent_logging(&self, extra: &[&str], level: &str) -> AgentProcess {
+        self.start_agent_wrapped(&[], extra, level)
+    }
+
+    /// `start_agent_logging`, the agent run by `wrapper` (valgrind, say).
+    pub fn start_agent_wrapped(&self, wrapper: &[&str], extra: &[&str], level: &str) -> AgentProcess {
         let args = self.serve_args(extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let env = [("KUBECONFIG", self.agent_kubeconfig.to_str().unwrap()), ("VAULTLET_LOG", level)];
-        AgentProcess::launch(&args, &env, Some(&self.agent_log()), &self.socket())
+        AgentProcess::launch_wrapped(wrapper, &args, &env, Some(&self.agent_log()), &self.socket())
     }
 
     /// A pod of `namespace` running as `service_account` on `node`, with a

@@ -115,6 +115,24 @@ async fn each_verb_of_deploy_rbac_is_needed() {
         agent.kill();
     }
 
+    // vaultlet-agent, get Secrets: it knows of them, but cannot read their data.
+    {
+        let _less = VerbDropped::apply(&stack, "vaultlet-agent", "secrets", "get");
+        let mut agent = stack.start_agent(&["--peer-binding", "off"]);
+        let client = stack.client(&web).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let err = loop {
+            let err = client.get_secrets(["db"]).await.unwrap_err();
+            if err.to_string().contains("forbidden") || std::time::Instant::now() > deadline {
+                break err;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(err.code(), Code::Unavailable, "{err}");
+        assert!(err.to_string().contains("may not get Secrets"), "{err}");
+        agent.kill();
+    }
+
     // vaultlet-agent, create TokenReviews: no caller can be authenticated.
     {
         let _less = VerbDropped::apply(&stack, "vaultlet-agent", "tokenreviews", "create");

@@ -1,9 +1,10 @@
 //! End to end, the seeds' system made real: seal -> get -> recrypt -> RECRYPTED
 //! -> seal new content -> CONTENT_CHANGED -> delete -> DELETED, with only
-//! ciphertext in Kubernetes, a real OpenBao and the Kubernetes API test server.
+//! ciphertext in Kubernetes, a real OpenBao and a real kube-apiserver and etcd.
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use secrecy::ExposeSecret;
 use vaultlet_client::{Code, Event, EventKind, WatchStream};
@@ -71,6 +72,18 @@ async fn seal_get_recrypt_edit_delete() {
     let e = next(&mut events).await;
     assert_eq!(e.kind, EventKind::ContentChanged);
     assert_eq!(value(&e, "password"), "second-password");
+
+    // An annotation edit: read again (a new revision), decrypted again not at all.
+    let fetches = stack.metric("vaultlet_secret_fetches_total");
+    let mut edited = stored(&stack, "shop", "db").await;
+    edited.metadata.annotations.as_mut().unwrap().insert("team".into(), "checkout".into());
+    stack.kube.replace(edited).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stack.metric("vaultlet_secret_fetches_total") == fetches {
+        assert!(std::time::Instant::now() < deadline, "the new revision was not read");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(tokio::time::timeout(Duration::from_secs(1), events.next()).await.is_err(), "no event: same values");
 
     // Deleted.
     stack.kube.delete::<Secret>("shop", "db").await.unwrap();

@@ -1,6 +1,7 @@
 //! Faults, as users see them: a hung or dead OpenBao, a misbehaving API server,
 //! a killed agent, secrets that stop decrypting, hostile clients. The agent is
-//! a separate process; OpenBao and the API test server are real.
+//! a separate process; OpenBao, kube-apiserver and etcd are real (the API
+//! server's faults come from a proxy in front of it, compaction and restarts).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -237,8 +238,10 @@ async fn revisions_that_cannot_be_decoded_keep_the_last_good_values_and_recover(
     assert_eq!(next(&mut old).await.kind, EventKind::Snapshot);
     stack.bao.must(&["write", "transit/keys/doomed/config", "deletion_allowed=true"]);
     stack.bao.must(&["delete", "transit/keys/doomed"]);
+    // A revision that must be decrypted again (an annotation edit alone would
+    // keep the decrypted document): the same ciphertext, read as YAML.
     let mut secret: Secret = stack.kube.get("shop", "old").await.unwrap();
-    secret.metadata.annotations.get_or_insert_default().insert("touched".into(), "yes".into());
+    secret.metadata.annotations.get_or_insert_default().insert("vaultlet.io/format".into(), "yaml".into());
     stack.kube.replace(secret).await.unwrap();
     let e = next(&mut old).await;
     assert_eq!(e.kind, EventKind::Error);

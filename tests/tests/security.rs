@@ -395,3 +395,18 @@ async fn a_deleted_pods_calls_and_watches_end_at_once() {
     let err = client.get_secrets(["db"]).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_namespace_may_name_only_the_transit_keys_the_agent_allows_it() {
+    let stack = Stack::start(&["shop", "payments"]).await;
+    let _agent = stack.start_agent(&["--peer-binding", "off", "--transit-keys", "shop=shop"]);
+    let web = stack.app("shop", "web", "web-1").await;
+    stack.seal("shop", "db", "shop", "web", r#"{"k":"mine"}"#);
+    // Another team's key, named by a Secret of this namespace.
+    stack.seal("shop", "borrowed", "payments", "web", r#"{"k":"theirs"}"#);
+    stack.wait_readable(&web, "db").await;
+    let err = refusal(&stack, &web, "borrowed").await;
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("may not use Transit key \"payments\""), "{err}");
+    assert_eq!(stack.bao.requests_to("transit/decrypt/payments"), 0, "refused before any decrypt");
+}

@@ -23,8 +23,9 @@ enum Command {
         /// The chain head the log must end with.
         #[arg(long)]
         head: Option<String>,
-        /// Check a log that continues another (e.g. after rotation): its first
-        /// record must follow this head (the other log's last hash).
+        /// Check a log that continues another (the part kept after its older
+        /// records were archived): its first record must follow this head (the
+        /// last hash of what came before).
         #[arg(long, value_name = "HEAD")]
         after: Option<String>,
     },

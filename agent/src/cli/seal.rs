@@ -225,18 +225,18 @@ fn check_compatible(s: &Secret, what: &str, args: &Args, data_key: &str, format:
     if !others {
         return Ok(());
     }
-    if convention::binding(s).map_err(|e| format!("{what}: {e}"))? == Binding::Unbound {
+    if convention::binding(&s.metadata).map_err(|e| format!("{what}: {e}"))? == Binding::Unbound {
         return Err(format!(
             "{what} holds other data keys sealed before bindings (no {BINDING} annotation); bind them first with \
              `vaultlet recrypt --bind`"
         ));
     }
-    if let Some(key) = convention::annotation(s, TRANSIT_KEY).filter(|k| *k != args.transit_key) {
+    if let Some(key) = convention::annotation(&s.metadata, TRANSIT_KEY).filter(|k| *k != args.transit_key) {
         return Err(format!(
             "{what} holds other data keys sealed with transit key {key:?}; seal with --transit-key {key}"
         ));
     }
-    let existing = convention::annotation(s, FORMAT).unwrap_or("json");
+    let existing = convention::annotation(&s.metadata, FORMAT).unwrap_or("json");
     if existing != format.name() {
         return Err(format!("{what} holds other data keys of format {existing}; one Secret has one format"));
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -46,7 +47,8 @@ pub struct NodePods {
 
 impl NodePods {
     pub fn start(client: Client, node: &str) -> NodePods {
-        let api: Api<Pod> = Api::all(client);
+        // Metadata only: a pod's name, namespace and UID are all this needs.
+        let api: Api<PartialObjectMeta<Pod>> = Api::all(client);
         let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         let known = Arc::new(Mutex::new(Known::default()));
         let (synced_tx, synced) = watch::channel(false);
@@ -79,14 +81,15 @@ impl NodePods {
 /// Applies the watch's events. A re-list replaces what is known: pods missing
 /// from it went while the watch was down, and count as gone too.
 async fn follow(
-    events: impl futures::Stream<Item = Result<watcher::Event<Pod>, watcher::Error>> + Send + 'static,
+    events: impl futures::Stream<Item = Result<watcher::Event<PartialObjectMeta<Pod>>, watcher::Error>> + Send + 'static,
     known: Arc<Mutex<Known>>,
     synced: watch::Sender<bool>,
     gone: watch::Sender<u64>,
 ) {
-    let uid_of = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
-    let place_of =
-        |p: &Pod| (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
+    let uid_of = |p: &PartialObjectMeta<Pod>| p.metadata.uid.clone().unwrap_or_default();
+    let place_of = |p: &PartialObjectMeta<Pod>| {
+        (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default())
+    };
     let mut listing: Option<HashMap<String, (String, String)>> = None;
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
@@ -137,8 +140,8 @@ async fn follow(
 mod tests {
     use super::*;
 
-    fn pod(name: &str, uid: &str) -> Pod {
-        let mut p = Pod::default();
+    fn pod(name: &str, uid: &str) -> PartialObjectMeta<Pod> {
+        let mut p = PartialObjectMeta::<Pod>::default();
         p.metadata.namespace = Some("shop".into());
         p.metadata.name = Some(name.into());
         p.metadata.uid = Some(uid.into());
@@ -146,7 +149,7 @@ mod tests {
     }
 
     /// The watch as kube-runtime delivers it, fed by the test.
-    fn run(events: Vec<watcher::Event<Pod>>) -> (NodePods, tokio::task::JoinHandle<()>) {
+    fn run(events: Vec<watcher::Event<PartialObjectMeta<Pod>>>) -> (NodePods, tokio::task::JoinHandle<()>) {
         let known = Arc::new(Mutex::new(Known::default()));
         let (synced_tx, synced) = watch::channel(false);
         let (gone_tx, gone) = watch::channel(0u64);

@@ -12,12 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use vaultlet_client::reference::{is_dns_label, is_dns_subdomain};
 
-use super::{ChangeSender, Loaded, SecretSource, Unavailable};
+use super::{ChangeSender, Held, LoadFuture, Loaded, SecretSource};
 use crate::secret::{DocumentVersion, SecretId, SecretVersion};
 use vaultlet_parse::document::{Document, Format, MAX_DOCUMENT_BYTES};
 
@@ -105,7 +104,7 @@ impl FileSource {
         for (key, (path, format)) in docs {
             match read_document(&path, format) {
                 Ok(doc) => {
-                    documents.insert(key, DocumentVersion { doc: Arc::new(doc), key_version: 0, format });
+                    documents.insert(key, DocumentVersion { doc: Arc::new(doc), key_version: 0, format, source: 0 });
                 }
                 Err(message) => {
                     return Loaded::Invalid { revision, message: format!("{key}: {message}") };
@@ -117,8 +116,8 @@ impl FileSource {
 }
 
 impl SecretSource for FileSource {
-    fn load<'a>(&'a self, id: &'a SecretId, known: Option<&'a str>) -> BoxFuture<'a, Result<Loaded, Unavailable>> {
-        async move { Ok(self.load_now(id, known)) }.boxed()
+    fn load<'a>(&'a self, id: &'a SecretId, held: Held<'a>) -> LoadFuture<'a> {
+        async move { Ok(self.load_now(id, held.revision)) }.boxed()
     }
 
     fn absent_hint(&self, id: &SecretId) -> Option<String> {
@@ -286,16 +285,21 @@ mod tests {
         assert_eq!(src.secrets(), vec![SecretId::new("default", "app"), SecretId::new("team", "db")]);
 
         let id = SecretId::new("default", "app");
-        let Ok(Loaded::Version(v)) = src.load(&id, None).await else { panic!("expected a version") };
+        let Ok(Loaded::Version(v)) = src.load(&id, Held::default()).await else { panic!("expected a version") };
         assert_eq!(v.documents.keys().collect::<Vec<_>>(), ["app.env", "app.json"]);
-        assert!(matches!(src.load(&id, Some(&v.revision)).await, Ok(Loaded::Unchanged)));
+        assert!(matches!(
+            src.load(&id, Held { revision: Some(&v.revision), version: None }).await,
+            Ok(Loaded::Unchanged)
+        ));
 
         std::fs::write(dir.path().join("app.json"), r#"{"a":"#).unwrap();
-        let Ok(Loaded::Invalid { message, .. }) = src.load(&id, Some(&v.revision)).await else {
+        let Ok(Loaded::Invalid { message, .. }) =
+            src.load(&id, Held { revision: Some(&v.revision), version: None }).await
+        else {
             panic!("expected invalid")
         };
         assert!(message.starts_with("app.json: not valid JSON"), "{message}");
-        assert!(matches!(src.load(&SecretId::new("default", "nope"), None).await, Ok(Loaded::Absent)));
+        assert!(matches!(src.load(&SecretId::new("default", "nope"), Held::default()).await, Ok(Loaded::Absent)));
     }
 
     #[tokio::test]

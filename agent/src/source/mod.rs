@@ -33,6 +33,17 @@ pub enum Loaded {
     },
 }
 
+pub type LoadFuture<'a> = BoxFuture<'a, Result<Loaded, Unavailable>>;
+
+/// What the cache already holds of a secret when it loads it again.
+#[derive(Clone, Copy, Default)]
+pub struct Held<'a> {
+    /// The revision of its last load attempt, good or bad.
+    pub revision: Option<&'a str>,
+    /// Its last good version.
+    pub version: Option<&'a SecretVersion>,
+}
+
 /// What a secret's metadata says about one service account reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -54,9 +65,10 @@ pub enum Access {
 pub struct Unavailable(pub String);
 
 pub trait SecretSource: Send + Sync + 'static {
-    /// Loads and decodes the current version of `id`. With `known`, a source may
-    /// answer `Unchanged` without decoding when the revision is still `known`.
-    fn load<'a>(&'a self, id: &'a SecretId, known: Option<&'a str>) -> BoxFuture<'a, Result<Loaded, Unavailable>>;
+    /// Loads and decodes the current version of `id`. A source may answer
+    /// `Unchanged` without decoding when the revision is still `held.revision`,
+    /// and reuse what did not change since `held.version`.
+    fn load<'a>(&'a self, id: &'a SecretId, held: Held<'a>) -> LoadFuture<'a>;
 
     /// Whether the secret's own metadata lets `service_account` (of the
     /// secret's namespace) read it; read without decoding anything.

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use k8s_openapi::api::core::v1::Secret;
 use vaultlet::source::kube::convention;
 use vaultlet::transit::{Transit, VaultAuth, VaultSettings};
+use vaultlet_client::EventKind;
 
 #[derive(clap::Args, Debug)]
 pub struct PodClient {
@@ -86,35 +87,59 @@ pub async fn pod_client(args: PodClient) {
     report(result.map(|_| ()).map_err(|e| e.to_string()));
 }
 
-/// Opens its streams (each connection's one after the other, as a service's
-/// start-up code does), says `ready` once every snapshot arrived, and keeps them
-/// open until its standard input closes.
+/// Opens its streams all at once, as a fleet of restarting services does
+/// (each connection's 100 in one burst), says `ready` once every snapshot
+/// arrived, then prints `event KIND MONOTONIC_NS` for each event any stream
+/// receives, until its standard input closes.
 pub async fn pod_watcher(args: PodWatcher) {
     use futures::StreamExt;
-    let mut streams = Vec::with_capacity(args.streams);
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(EventKind, u128)>();
+    let mut opening = Vec::with_capacity(args.streams);
     for start in (0..args.streams).step_by(100) {
         let client = match vaultlet_client::Client::connect(&args.socket).await {
             Ok(c) => c.with_token_source(vaultlet_client::TokenSource::File(args.token_file.clone())),
             Err(e) => return report(Err(e.to_string())),
         };
         for _ in start..(start + 100).min(args.streams) {
-            let mut events = match client.watch([&args.reference]) {
-                Ok(w) => w,
-                Err(e) => return report(Err(e.to_string())),
-            };
-            match events.next().await {
-                Some(Ok(_)) => streams.push(tokio::spawn(async move { while events.next().await.is_some() {} })),
-                Some(Err(e)) => return report(Err(e.to_string())),
-                None => return report(Err("the stream ended".into())),
-            }
+            let (client, reference, seen) = (client.clone(), args.reference.clone(), seen_tx.clone());
+            opening.push(tokio::spawn(async move {
+                let mut events = client.watch([&reference]).map_err(|e| e.to_string())?;
+                match events.next().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("the stream ended".to_owned()),
+                }
+                Ok(tokio::spawn(async move {
+                    while let Some(Ok(e)) = events.next().await {
+                        let _ = seen.send((e.kind, monotonic_ns()));
+                    }
+                }))
+            }));
+        }
+    }
+    let mut streams = Vec::with_capacity(opening.len());
+    for o in opening {
+        match o.await {
+            Ok(Ok(stream)) => streams.push(stream),
+            Ok(Err(e)) => return report(Err(e)),
+            Err(e) => return report(Err(e.to_string())),
         }
     }
     println!("ready");
+    let printer = tokio::spawn(async move {
+        use std::io::Write;
+        while let Some((kind, at)) = seen_rx.recv().await {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "event {} {at}", kind.as_str());
+            let _ = out.flush();
+        }
+    });
     let mut line = String::new();
     let _ = tokio::task::spawn_blocking(move || std::io::stdin().lock().read_line(&mut line)).await;
     for s in streams {
         s.abort();
     }
+    printer.abort();
 }
 
 pub async fn seed_client(args: SeedClient) {

@@ -1,5 +1,5 @@
-//! `vaultlet-stack`: the whole production path on this machine: the Kubernetes
-//! API test server, a real OpenBao configured by deploy/openbao/setup.sh,
+//! `vaultlet-stack`: the whole production path on this machine: a real
+//! kube-apiserver and etcd, a real OpenBao configured by deploy/openbao/setup.sh,
 //! `vaultlet serve`, and a sealed Secret `shop/db` readable by service account
 //! `shop/web`.
 //!

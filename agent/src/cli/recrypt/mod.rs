@@ -213,10 +213,10 @@ async fn recrypt_secret(
         if stale.is_empty() || args.dry_run {
             return Ok(stale.len());
         }
-        if convention::annotation(&secret, convention::TRANSIT_KEY) != Some(key) {
+        if convention::annotation(&secret.metadata, convention::TRANSIT_KEY) != Some(key) {
             return Err("its transit key changed while recrypting; rerun".into());
         }
-        let binding = convention::binding(&secret).map_err(|e| e.to_string())?;
+        let binding = convention::binding(&secret.metadata).map_err(|e| e.to_string())?;
         let namespace = secret.metadata.namespace.clone().unwrap_or_default();
         let items: Vec<Sealed> = stale
             .iter()

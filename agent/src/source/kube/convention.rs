@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use vaultlet_parse::document::Format;
 
 /// Only Secrets with this label are watched.
@@ -75,28 +76,41 @@ impl Managed<'_> {
     }
 }
 
-pub fn binding(secret: &Secret) -> Result<Binding, ConventionError> {
-    match annotation(secret, BINDING) {
+pub fn binding(meta: &ObjectMeta) -> Result<Binding, ConventionError> {
+    match annotation(meta, BINDING) {
         None => Ok(Binding::Unbound),
         Some(BINDING_V1) => Ok(Binding::V1),
         Some(other) => Err(ConventionError::BadBinding(other.to_owned())),
     }
 }
 
-pub fn annotation<'a>(secret: &'a Secret, name: &str) -> Option<&'a str> {
-    secret.metadata.annotations.as_ref()?.get(name).map(String::as_str)
+pub fn annotation<'a>(meta: &'a ObjectMeta, name: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(name).map(String::as_str)
 }
 
-pub fn read(secret: &Secret) -> Result<Managed<'_>, ConventionError> {
-    let transit_key = annotation(secret, TRANSIT_KEY).ok_or(ConventionError::NoTransitKey)?;
+/// What a managed Secret's metadata says of its data: the key, the format and
+/// the binding (no data needed: the agent keeps metadata only).
+pub struct ManagedMeta<'a> {
+    pub transit_key: &'a str,
+    pub format: Format,
+    pub binding: Binding,
+}
+
+pub fn read_meta(meta: &ObjectMeta) -> Result<ManagedMeta<'_>, ConventionError> {
+    let transit_key = annotation(meta, TRANSIT_KEY).ok_or(ConventionError::NoTransitKey)?;
     if !is_key_name(transit_key) {
         return Err(ConventionError::BadTransitKey(transit_key.to_owned()));
     }
-    let format = match annotation(secret, FORMAT) {
+    let format = match annotation(meta, FORMAT) {
         None => Format::Json,
         Some(f) => Format::parse(f).ok_or_else(|| ConventionError::BadFormat(f.to_owned()))?,
     };
-    let binding = binding(secret)?;
+    Ok(ManagedMeta { transit_key, format, binding: binding(meta)? })
+}
+
+/// The metadata half (`read_meta`) and the data half: a ciphertext per data key.
+pub fn read(secret: &Secret) -> Result<Managed<'_>, ConventionError> {
+    let ManagedMeta { transit_key, format, binding } = read_meta(&secret.metadata)?;
     let data = secret.data.as_ref().filter(|d| !d.is_empty()).ok_or(ConventionError::NoData)?;
     let ciphertexts = data
         .iter()
@@ -108,9 +122,9 @@ pub fn read(secret: &Secret) -> Result<Managed<'_>, ConventionError> {
     Ok(Managed { transit_key, format, binding, ciphertexts })
 }
 
-/// The service accounts the annotation lists, or `None` without the annotation.
-pub fn allowed_service_accounts(secret: &Secret) -> Option<impl Iterator<Item = &str>> {
-    annotation(secret, ALLOWED_SERVICE_ACCOUNTS).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()))
+/// The service accounts an allowed-service-accounts value names.
+pub fn listed_service_accounts(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// Transit key names as Vault accepts them in a path segment.
@@ -173,8 +187,7 @@ mod tests {
 
     #[test]
     fn lists_allowed_service_accounts() {
-        let s = secret(&[(ALLOWED_SERVICE_ACCOUNTS, "web, worker,,")], &[]);
-        assert_eq!(allowed_service_accounts(&s).unwrap().collect::<Vec<_>>(), ["web", "worker"]);
-        assert!(allowed_service_accounts(&secret(&[], &[])).is_none());
+        assert_eq!(listed_service_accounts("web, worker,,").collect::<Vec<_>>(), ["web", "worker"]);
+        assert_eq!(listed_service_accounts("").count(), 0);
     }
 }

@@ -1,34 +1,42 @@
-//! Production source: managed Kubernetes Secrets (ciphertext only), kept by a
-//! kube-rs reflector, decrypted through Transit when first asked for.
+//! Production source: managed Kubernetes Secrets (ciphertext only).
+//!
+//! The agent watches their metadata only (a kube-rs metadata reflector, with
+//! nothing kept but the `vaultlet.io/` annotations): that answers who may read
+//! a Secret and tells when one changes. A Secret's data is fetched (`fetch`)
+//! when a caller on this node first asks for it, and again when it changes
+//! while someone on the node still uses it; nobody else's ciphertext is ever
+//! downloaded, so a node's cost follows its pods, not the cluster.
 //!
 //! The watcher re-lists by itself after a 410 Gone or a dropped connection;
 //! every Secret it sees change is announced, and the cache reloads the ones
-//! somebody asked for. Listing costs no decrypt: a Secret nobody reads is never
-//! sent to Transit.
+//! somebody asked for.
 //!
 //! Each ciphertext is decrypted under the context of where its Secret is (see
 //! `convention::place`); a Secret sealed before bindings existed is refused
 //! outside the namespaces of the migration window.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
-use super::{Access, ChangeSender, Loaded, SecretSource, Unavailable};
+use super::{Access, ChangeSender, Held, LoadFuture, Loaded, SecretSource, Unavailable};
 use crate::metrics::Metrics;
 use crate::secret::{DocumentVersion, SecretId, SecretVersion};
 use crate::transit::Transit;
 use vaultlet_parse::document::Document;
 
+mod catalog;
 pub mod convention;
+mod fetch;
 
+use catalog::{Catalog, Readers};
 use convention::{BINDING, BINDING_V1, Binding, Managed};
 
 /// What the agent's configuration says about the Secrets it serves.
@@ -44,13 +52,17 @@ pub struct KubeSourceConfig {
     pub transit_keys: HashMap<String, Vec<String>>,
 }
 
+/// A managed Secret as the watch delivers it: metadata only.
+type Meta = PartialObjectMeta<Secret>;
+
 pub struct KubeSource {
-    /// One store for the whole cluster, or one per watched namespace.
-    stores: HashMap<Option<String>, Store<Secret>>,
+    catalog: Arc<Catalog>,
+    client: Client,
     config: KubeSourceConfig,
-    /// Set once every store has listed: before, an absent Secret may merely not
-    /// be listed yet, so the source answers nothing.
-    listed: Arc<AtomicBool>,
+    /// Watches (one for the cluster, or one per namespace) yet to list once:
+    /// before, an absent Secret may merely not be listed yet, so the source
+    /// answers nothing.
+    unlisted: Arc<AtomicUsize>,
     transit: Arc<Transit>,
     metrics: Arc<Metrics>,
 }
@@ -69,42 +81,44 @@ impl KubeSource {
         } else {
             config.namespaces.iter().cloned().map(Some).collect()
         };
-        let mut stores = HashMap::new();
+        let catalog = Arc::new(Catalog::default());
+        let unlisted = Arc::new(AtomicUsize::new(scopes.len()));
         for scope in scopes {
-            let api: Api<Secret> = match &scope {
+            // An Api of PartialObjectMeta lists and watches metadata only.
+            let api: Api<Meta> = match &scope {
                 Some(ns) => Api::namespaced(client.clone(), ns),
                 None => Api::all(client.clone()),
             };
-            let (store, writer) = reflector::store();
             let config = watcher::Config::default().labels(convention::MANAGED_SELECTOR);
-            let events = reflector::reflector(writer, watcher(api, config).default_backoff());
-            tokio::spawn(announce(events, store.clone(), scope.clone(), changes.clone()));
-            stores.insert(scope, store);
+            let events = watcher(api, config).default_backoff().map(|e| e.map(metadata_only));
+            let (counted, once) = (unlisted.clone(), std::sync::Once::new());
+            let listed = move || {
+                once.call_once(|| {
+                    if counted.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        tracing::info!("the watch of managed Secrets has listed them");
+                    }
+                })
+            };
+            tokio::spawn(catalog.clone().follow(events, scope, changes.clone(), listed));
         }
-        let listed = Arc::new(AtomicBool::new(false));
-        let (flag, waiting): (_, Vec<_>) = (listed.clone(), stores.values().cloned().collect());
-        tokio::spawn(async move {
-            for store in waiting {
-                // Fails only when the writer is gone, i.e. at shutdown.
-                let _ = store.wait_until_ready().await;
-            }
-            flag.store(true, Ordering::Release);
-            tracing::info!("the watch of managed Secrets has listed them");
-        });
-        KubeSource { stores, config, listed, transit, metrics }
+        KubeSource { catalog, client, config, unlisted, transit, metrics }
     }
 
     /// True once every watch has listed its Secrets.
     pub fn is_listed(&self) -> bool {
-        self.listed.load(Ordering::Acquire)
+        self.unlisted.load(Ordering::Acquire) == 0
     }
 
-    fn secret(&self, id: &SecretId) -> Option<Arc<Secret>> {
-        let store = self.stores.get(&None).or_else(|| self.stores.get(&Some(id.namespace.clone())))?;
-        store.get(&ObjectRef::new(&id.name).within(&id.namespace))
-    }
-
-    async fn decode(&self, id: &SecretId, secret: &Secret, revision: String) -> Result<Loaded, Unavailable> {
+    /// Decrypts and parses `secret` at `revision`. A data key whose ciphertext
+    /// (and key, binding and format) is the one `previous` was decoded from
+    /// keeps its document: an annotation edit costs no decrypt.
+    async fn decode(
+        &self,
+        id: &SecretId,
+        secret: &Secret,
+        revision: String,
+        previous: Option<&SecretVersion>,
+    ) -> Result<Loaded, Unavailable> {
         let invalid = |message: String| Loaded::Invalid { revision: revision.clone(), message };
         let managed = match convention::read(secret) {
             Ok(m) => m,
@@ -114,13 +128,31 @@ impl KubeSource {
             return Ok(invalid(refusal));
         }
         let sealed = managed.sealed(&id.namespace, &id.name);
-        let plaintexts = match self.transit.decrypt(managed.transit_key, &sealed).await {
+        let mut documents = std::collections::BTreeMap::new();
+        let mut to_decrypt = Vec::new();
+        for ((key, ct), item) in managed.ciphertexts.iter().zip(sealed) {
+            let source = fingerprint(&managed, key, ct);
+            match previous.and_then(|p| p.documents.get(*key)).filter(|d| d.source == source) {
+                Some(same) => {
+                    documents.insert((*key).to_owned(), same.clone());
+                }
+                None => to_decrypt.push((*key, *ct, item, source)),
+            }
+        }
+        if to_decrypt.is_empty() {
+            return Ok(Loaded::Version(SecretVersion {
+                revision,
+                documents,
+                unbound: managed.binding == Binding::Unbound,
+            }));
+        }
+        let items: Vec<_> = to_decrypt.iter().map(|(_, _, item, _)| item.clone()).collect();
+        let plaintexts = match self.transit.decrypt(managed.transit_key, &items).await {
             Ok(p) => p,
             Err(e) if e.is_transient() => return Err(Unavailable(e.to_string())),
             Err(e) => return Ok(invalid(format!("Transit key {:?}: {e}", managed.transit_key))),
         };
-        let mut documents = std::collections::BTreeMap::new();
-        for ((key, ct), plain) in managed.ciphertexts.iter().zip(plaintexts) {
+        for ((key, ct, _, source), plain) in to_decrypt.into_iter().zip(plaintexts) {
             let plain = match plain {
                 Ok(p) => p,
                 Err(reason) => {
@@ -140,8 +172,8 @@ impl KubeSource {
                 Err(e) => return Ok(invalid(format!("{key}: {e}"))),
             };
             let key_version = crate::transit::key_version(ct).unwrap_or(0);
-            documents
-                .insert((*key).to_owned(), DocumentVersion { doc: Arc::new(doc), key_version, format: managed.format });
+            let dv = DocumentVersion { doc: Arc::new(doc), key_version, format: managed.format, source };
+            documents.insert(key.to_owned(), dv);
         }
         let unbound = managed.binding == Binding::Unbound;
         Ok(Loaded::Version(SecretVersion { revision, documents, unbound }))
@@ -171,17 +203,26 @@ impl KubeSource {
 }
 
 impl SecretSource for KubeSource {
-    fn load<'a>(&'a self, id: &'a SecretId, known: Option<&'a str>) -> BoxFuture<'a, Result<Loaded, Unavailable>> {
+    fn load<'a>(&'a self, id: &'a SecretId, held: Held<'a>) -> LoadFuture<'a> {
         async move {
-            if !self.listed.load(Ordering::Acquire) {
+            if !self.is_listed() {
                 return Err(Unavailable("the agent is starting: its watch of Secrets has not listed them yet".into()));
             }
-            let Some(secret) = self.secret(id) else { return Ok(Loaded::Absent) };
-            let revision = secret.metadata.resource_version.clone().unwrap_or_default();
-            if known == Some(revision.as_str()) {
+            if !self.catalog.contains(id) {
+                return Ok(Loaded::Absent);
+            }
+            if held.revision.is_some_and(|r| self.catalog.is_at(id, r)) {
                 return Ok(Loaded::Unchanged);
             }
-            let loaded = self.decode(id, &secret, revision).await;
+            // The data as it is now: at the revision the watch announced, or newer.
+            let Some(secret) = fetch::secret(&self.client, id, &self.metrics).await? else {
+                return Ok(Loaded::Absent);
+            };
+            let revision = secret.metadata.resource_version.clone().unwrap_or_default();
+            if held.revision == Some(revision.as_str()) {
+                return Ok(Loaded::Unchanged);
+            }
+            let loaded = self.decode(id, &secret, revision, held.version).await;
             if let Ok(Loaded::Invalid { .. }) = &loaded {
                 self.metrics.undecodable_revisions.inc();
             }
@@ -191,14 +232,14 @@ impl SecretSource for KubeSource {
     }
 
     fn access(&self, id: &SecretId, service_account: &str) -> Access {
-        if !self.listed.load(Ordering::Acquire) {
+        if !self.is_listed() {
             return Access::NotSynced;
         }
-        let Some(secret) = self.secret(id) else { return Access::SecretAbsent };
-        match convention::allowed_service_accounts(&secret) {
-            None => Access::NotAnnotated,
-            Some(mut listed) => {
-                if listed.any(|sa| sa == service_account) {
+        match self.catalog.readers(id) {
+            Readers::Absent => Access::SecretAbsent,
+            Readers::NotAnnotated => Access::NotAnnotated,
+            Readers::Listed(list) => {
+                if convention::listed_service_accounts(&list).any(|sa| sa == service_account) {
                     Access::Allowed
                 } else {
                     Access::NotListed
@@ -208,41 +249,23 @@ impl SecretSource for KubeSource {
     }
 }
 
-/// Feeds the reflector and announces the Secrets each event touches. After a
-/// re-list, every Secret known before or after is announced, so one deleted
-/// while the watch was down is not missed (the cache ignores the unchanged).
-async fn announce(
-    events: impl futures::Stream<Item = Result<watcher::Event<Secret>, watcher::Error>> + Send + 'static,
-    store: Store<Secret>,
-    scope: Option<String>,
-    changes: ChangeSender,
-) {
-    let id_of = |s: &Secret| {
-        SecretId::new(s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default())
-    };
-    let mut relisted = BTreeSet::new();
-    let mut events = std::pin::pin!(events);
-    while let Some(event) = events.next().await {
-        let touched = match event {
-            Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => vec![id_of(&s)],
-            Ok(watcher::Event::Init) => {
-                relisted = store.state().iter().map(|s| id_of(s)).collect();
-                continue;
-            }
-            Ok(watcher::Event::InitApply(s)) => {
-                relisted.insert(id_of(&s));
-                continue;
-            }
-            Ok(watcher::Event::InitDone) => std::mem::take(&mut relisted).into_iter().collect(),
-            Err(e) => {
-                tracing::warn!(namespace = scope.as_deref().unwrap_or("*"), error = %e, "Secret watch failed; retrying");
-                continue;
-            }
-        };
-        for id in touched {
-            if changes.send(id).is_err() {
-                return;
-            }
-        }
+/// What a document was decrypted from: the same fingerprint decrypts to the
+/// same document (the place is the Secret's own, the same for every revision).
+fn fingerprint(managed: &Managed<'_>, data_key: &str, ciphertext: &str) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    (managed.transit_key, managed.format.name(), managed.binding == Binding::V1, data_key, ciphertext).hash(&mut h);
+    h.finish()
+}
+
+/// Keeps what the catalog reads of a watch event.
+fn metadata_only(event: watcher::Event<Meta>) -> watcher::Event<ObjectMeta> {
+    use watcher::Event::*;
+    match event {
+        Apply(m) => Apply(m.metadata),
+        InitApply(m) => InitApply(m.metadata),
+        Delete(m) => Delete(m.metadata),
+        Init => Init,
+        InitDone => InitDone,
     }
 }

@@ -1,0 +1,250 @@
+//! What the agent knows of every managed Secret without its data: that it
+//! exists, which revision it is at, and who may read it. Kept small on
+//! purpose: a node holds one entry per managed Secret of the cluster (tens of
+//! thousands), so an entry is the name, a hash of the resourceVersion and a
+//! shared copy of the allowed-service-accounts annotation, about 100 bytes.
+//!
+//! It follows the metadata watch (`follow`): every Secret whose revision
+//! changes, or that appears or goes, is announced. A re-list (after a 410 or a
+//! dropped watch) marks what it sees; what it did not see went while the watch
+//! was away, and is announced gone.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::watcher;
+
+use super::convention::ALLOWED_SERVICE_ACCOUNTS;
+use crate::secret::SecretId;
+use crate::source::ChangeSender;
+
+struct Known {
+    /// A hash of the resourceVersion: only compared for equality.
+    revision: u64,
+    /// The allowed-service-accounts annotation (shared: many Secrets say the same).
+    allowed: Option<Arc<str>>,
+    /// The list generation that last saw it (see `follow`).
+    seen_in: u32,
+}
+
+/// What the catalog says of one Secret's readers.
+pub enum Readers {
+    Absent,
+    /// No annotation: nobody.
+    NotAnnotated,
+    Listed(Arc<str>),
+}
+
+/// A namespace's Secrets, by name.
+type Secrets = HashMap<Box<str>, Known>;
+
+#[derive(Default)]
+pub struct Catalog {
+    namespaces: RwLock<HashMap<Arc<str>, Secrets>>,
+    /// One shared copy of each distinct annotation value.
+    annotations: Mutex<HashSet<Arc<str>>>,
+    generations: AtomicU32,
+}
+
+pub fn revision_hash(resource_version: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    resource_version.hash(&mut h);
+    h.finish()
+}
+
+impl Catalog {
+    pub fn readers(&self, id: &SecretId) -> Readers {
+        let namespaces = self.namespaces.read().expect("catalog lock");
+        match namespaces.get(id.namespace.as_str()).and_then(|n| n.get(id.name.as_str())) {
+            None => Readers::Absent,
+            Some(Known { allowed: None, .. }) => Readers::NotAnnotated,
+            Some(Known { allowed: Some(a), .. }) => Readers::Listed(a.clone()),
+        }
+    }
+
+    /// True when the Secret is known at `resource_version`.
+    pub fn is_at(&self, id: &SecretId, resource_version: &str) -> bool {
+        let namespaces = self.namespaces.read().expect("catalog lock");
+        namespaces
+            .get(id.namespace.as_str())
+            .and_then(|n| n.get(id.name.as_str()))
+            .is_some_and(|k| k.revision == revision_hash(resource_version))
+    }
+
+    pub fn contains(&self, id: &SecretId) -> bool {
+        !matches!(self.readers(id), Readers::Absent)
+    }
+
+    /// Records a Secret as `meta` says; true when that is news (new, or
+    /// another revision).
+    fn apply(&self, meta: &ObjectMeta, generation: u32) -> Option<SecretId> {
+        let (Some(ns), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else { return None };
+        let revision = revision_hash(meta.resource_version.as_deref().unwrap_or_default());
+        let allowed = meta.annotations.as_ref().and_then(|a| a.get(ALLOWED_SERVICE_ACCOUNTS)).map(|v| self.shared(v));
+        let mut namespaces = self.namespaces.write().expect("catalog lock");
+        let secrets = match namespaces.get_mut(ns) {
+            Some(s) => s,
+            None => namespaces.entry(Arc::from(ns)).or_default(),
+        };
+        let known = Known { revision, allowed, seen_in: generation };
+        let news = secrets.insert(name.into(), known).is_none_or(|old| old.revision != revision);
+        news.then(|| SecretId::new(ns, name))
+    }
+
+    fn remove(&self, meta: &ObjectMeta) -> Option<SecretId> {
+        let (ns, name) = (meta.namespace.as_deref()?, meta.name.as_deref()?);
+        let mut namespaces = self.namespaces.write().expect("catalog lock");
+        let secrets = namespaces.get_mut(ns)?;
+        secrets.remove(name)?;
+        if secrets.is_empty() {
+            namespaces.remove(ns);
+        }
+        Some(SecretId::new(ns, name))
+    }
+
+    /// Removes the Secrets of `scope` (a namespace, or all) that the list of
+    /// `generation` did not see, and names them.
+    fn sweep(&self, scope: Option<&str>, generation: u32) -> Vec<SecretId> {
+        let mut gone = Vec::new();
+        let mut namespaces = self.namespaces.write().expect("catalog lock");
+        namespaces.retain(|ns, secrets| {
+            if scope.is_some_and(|s| s != &**ns) {
+                return true;
+            }
+            secrets.retain(|name, k| {
+                let keep = k.seen_in >= generation;
+                if !keep {
+                    gone.push(SecretId::new(&**ns, &**name));
+                }
+                keep
+            });
+            !secrets.is_empty()
+        });
+        drop(namespaces);
+        self.annotations.lock().expect("annotations lock").retain(|a| Arc::strong_count(a) > 1);
+        gone
+    }
+
+    fn shared(&self, value: &str) -> Arc<str> {
+        let mut annotations = self.annotations.lock().expect("annotations lock");
+        if let Some(a) = annotations.get(value) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(value);
+        annotations.insert(a.clone());
+        a
+    }
+
+    /// Applies the metadata watch of `scope` and announces what changed; calls
+    /// `listed` after each complete list. Returns when nobody listens any more.
+    pub async fn follow(
+        self: Arc<Self>,
+        events: impl futures::Stream<Item = Result<watcher::Event<ObjectMeta>, watcher::Error>> + Send,
+        scope: Option<String>,
+        changes: ChangeSender,
+        listed: impl Fn(),
+    ) {
+        let mut generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        // Nothing is cached before the first list is done: it announces nothing.
+        let mut first_list = true;
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            let news = match event {
+                Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => {
+                    self.apply(&m, generation).into_iter().collect()
+                }
+                Ok(watcher::Event::Delete(m)) => self.remove(&m).into_iter().collect(),
+                Ok(watcher::Event::Init) => {
+                    generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+                    Vec::new()
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let gone = self.sweep(scope.as_deref(), generation);
+                    listed();
+                    first_list = false;
+                    gone
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = scope.as_deref().unwrap_or("*"), error = %e, "Secret watch failed; retrying");
+                    Vec::new()
+                }
+            };
+            if first_list {
+                continue;
+            }
+            for id in news {
+                if changes.send(id).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(ns: &str, name: &str, rv: &str, allowed: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            resource_version: Some(rv.into()),
+            annotations: allowed.map(|a| [(ALLOWED_SERVICE_ACCOUNTS.to_owned(), a.to_owned())].into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// The watch as kube-runtime delivers it, fed by the test: what was announced.
+    async fn run(catalog: &Arc<Catalog>, events: Vec<watcher::Event<ObjectMeta>>) -> Vec<String> {
+        let (tx, mut rx) = crate::source::change_channel();
+        let stream = futures::stream::iter(events.into_iter().map(Ok));
+        catalog.clone().follow(stream, None, tx, || {}).await;
+        let mut announced = Vec::new();
+        while let Ok(id) = rx.try_recv() {
+            announced.push(id.to_string());
+        }
+        announced
+    }
+
+    #[tokio::test]
+    async fn it_announces_changes_and_what_went_while_the_watch_was_away() {
+        use watcher::Event::*;
+        let catalog = Arc::new(Catalog::default());
+        let announced = run(
+            &catalog,
+            vec![
+                // The first list announces nothing: nothing is cached yet.
+                Init,
+                InitApply(meta("shop", "a", "1", Some("web"))),
+                InitApply(meta("shop", "b", "1", Some("web"))),
+                InitDone,
+                Apply(meta("shop", "a", "2", Some("web,worker"))),
+                // The same revision again (a resumed watch) is no news.
+                Apply(meta("shop", "a", "2", Some("web,worker"))),
+                Delete(meta("shop", "b", "1", None)),
+                // Re-listed after a 410: c came, a changed, d was never seen
+                // again since it went while the watch was away.
+                Apply(meta("other", "d", "1", None)),
+                Init,
+                InitApply(meta("shop", "a", "3", Some("web"))),
+                InitApply(meta("shop", "c", "1", None)),
+                InitDone,
+            ],
+        )
+        .await;
+        assert_eq!(announced, ["shop/a", "shop/b", "other/d", "shop/a", "shop/c", "other/d"]);
+        let id = |n: &str| SecretId::new("shop", n);
+        assert!(matches!(catalog.readers(&id("a")), Readers::Listed(a) if &*a == "web"));
+        assert!(matches!(catalog.readers(&id("c")), Readers::NotAnnotated));
+        assert!(matches!(catalog.readers(&id("b")), Readers::Absent));
+        assert!(!catalog.contains(&SecretId::new("other", "d")));
+        assert!(catalog.is_at(&id("a"), "3") && !catalog.is_at(&id("a"), "2"));
+        // One copy of an annotation, however many Secrets carry it.
+        assert_eq!(catalog.annotations.lock().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,112 @@
+//! The agent's instructions per call, counted (not timed, so no noise can hide
+//! them): the agent runs under valgrind's callgrind, and the same number of
+//! cached `GetSecrets` and empty RPCs (health checks), at the same
+//! concurrency, are each counted between two dumps of its counters.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::Serialize;
+use vaultlet_client::Client;
+
+use super::{AGENT_LIMITS, load, round, say};
+use crate::stack::{App, Stack};
+
+#[derive(Serialize)]
+pub struct Instructions {
+    pub calls: usize,
+    pub concurrency: usize,
+    /// Instructions of the agent (all its threads) per call.
+    pub get_per_call: f64,
+    pub empty_per_call: f64,
+    pub ratio: f64,
+}
+
+pub async fn run(stack: &Stack, me: &App, reference: &str, calls: usize, concurrency: usize) -> Instructions {
+    let dir = stack.dir.path().join("callgrind");
+    std::fs::create_dir_all(&dir).expect("callgrind directory");
+    let out = dir.join("callgrind.out");
+    let wrapper = ["valgrind", "--tool=callgrind", "--quiet"];
+    let out_arg = format!("--callgrind-out-file={}", out.display());
+    let mut prefix: Vec<&str> = wrapper.to_vec();
+    prefix.push(&out_arg);
+    let mut agent = stack.start_agent_wrapped(&prefix, &AGENT_LIMITS, "warn");
+    let client = Client::connect(stack.socket())
+        .await
+        .expect("connect")
+        .with_token_source(vaultlet_client::TokenSource::File(me.token_file.clone()));
+    stack.wait_readable(me, reference).await;
+    let health = tonic_health::pb::health_client::HealthClient::new(client.channel());
+    let reference = reference.to_owned();
+    let get = {
+        let (client, reference) = (client.clone(), reference.clone());
+        move || {
+            let (client, reference) = (client.clone(), reference.clone());
+            async move {
+                client.get_secrets([reference.as_str()]).await.expect("cached read");
+            }
+        }
+    };
+    let empty = move || {
+        let mut health = health.clone();
+        async move {
+            health.check(tonic_health::pb::HealthCheckRequest::default()).await.expect("health check");
+        }
+    };
+    // Warm: the secret cached, the connections and tables of both kinds built.
+    load(concurrency, calls / 10, get.clone()).await;
+    load(concurrency, calls / 10, empty.clone()).await;
+    let pid = agent.pid();
+    dump(&dir, pid, "warm");
+    load(concurrency, calls, empty).await;
+    let empty_total = dump(&dir, pid, "empty");
+    load(concurrency, calls, get).await;
+    let get_total = dump(&dir, pid, "get");
+    agent.kill();
+    let (get_per_call, empty_per_call) = (get_total as f64 / calls as f64, empty_total as f64 / calls as f64);
+    say(&format!(
+        "  {calls} calls each at concurrency {concurrency}: GetSecrets {get_per_call:.0}, empty RPC {empty_per_call:.0} instructions a call"
+    ));
+    Instructions {
+        calls,
+        concurrency,
+        get_per_call: round(get_per_call),
+        empty_per_call: round(empty_per_call),
+        ratio: round(get_per_call / empty_per_call),
+    }
+}
+
+/// Asks callgrind to write the counts since the last dump (into `dir`);
+/// returns their total (instructions, `Ir`).
+fn dump(dir: &Path, pid: u32, name: &str) -> u64 {
+    let before = dumps(dir);
+    let out = Command::new("callgrind_control").arg(format!("--dump={name}")).arg(pid.to_string()).output();
+    let out = out.expect("callgrind_control (valgrind)");
+    assert!(out.status.success(), "callgrind_control: {}", String::from_utf8_lossy(&out.stderr));
+    // The dump is written once every thread has noticed the request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(file) = dumps(dir).into_iter().find(|f| !before.contains(f)) {
+            std::thread::sleep(Duration::from_millis(200));
+            return total_instructions(&file);
+        }
+        assert!(std::time::Instant::now() < deadline, "callgrind wrote no dump for {name}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The dump files callgrind has written into `dir`.
+fn dumps(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect()
+}
+
+/// The `summary:` or `totals:` line of a callgrind dump.
+fn total_instructions(file: &Path) -> u64 {
+    let text = std::fs::read_to_string(file).expect("a callgrind dump");
+    text.lines()
+        .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no totals in {}", file.display()))
+}
