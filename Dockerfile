@@ -11,8 +11,8 @@
 # runtime image (Debian 12) must have.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# .dockerignore lets in only the Cargo workspace (agent, client-rust, tests,
-# proto); `--locked` builds exactly Cargo.lock. protoc is vendored by a build
+# .dockerignore lets in only the Cargo workspace (agent, client-rust, csi, parse,
+# tests, proto); `--locked` builds exactly Cargo.lock. protoc is vendored by a build
 # dependency.
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -1,11 +1,23 @@
 """Consistency checks of the rendered manifests against the code (run by deploy/check).
 
   check_manifests.py agree DEPLOY.yaml EXAMPLE.yaml...
-      The agent's socket and the clients' defaults, the callers' token audience,
+      The agent's socket and the clients' defaults, the CSI driver that hands
+      the socket's directory to pods (its name, the directory it publishes, its
+      registration, the one privileged container), the callers' token audience,
       the socket's owner and the callers' groups, the image's USER, the config
       file's keys and the command-line flags all agree with the sources:
-      client-rust, client-python, agent/src and the Dockerfile. Nothing here is
-      written twice: each expected value is read from where the code defines it.
+      client-rust, client-python, agent/src, csi/src and the Dockerfile. Nothing
+      here is written twice: each expected value is read from where the code
+      defines it.
+  check_manifests.py split-operator-kinds RENDERED.yaml OUT.yaml
+      Moves the objects of the Prometheus Operator's CRDs (PodMonitor,
+      PrometheusRule: kinds kubernetes-validate has no schema for) out of a
+      rendering into OUT.yaml.
+  check_manifests.py monitoring DEPLOY.yaml OPERATOR_KINDS.yaml
+      The PodMonitor scrapes the agent's pods where the agent serves its
+      metrics, and the job it names its series is the one the alerts select;
+      every alert has a severity, a summary and a description (promtool checks
+      the rest: scripts/alerts).
   check_manifests.py strip-skips SRC_DIR DST_DIR
       Copies the rendered YAML files without their checkov.io/skip annotations,
       and other files (Dockerfiles) without their `# checkov:skip=` comments.
@@ -125,9 +137,9 @@ def flags_of(body: str) -> Set[str]:
 
 def subcommand_flags(command: str) -> Set[str]:
     """Flags of `vaultlet COMMAND`: its `Args` (agent/src/cli/COMMAND.rs, or
-    COMMAND/mod.rs for a subcommand of several files) and the global ones."""
-    cli = ROOT / "agent/src/cli"
-    path = next((p for p in (cli / f"{command}.rs", cli / command / "mod.rs") if p.exists()), None)
+    COMMAND/mod.rs for a subcommand of several files; `-` as `_`) and the global ones."""
+    cli, module = ROOT / "agent/src/cli", command.replace("-", "_")
+    path = next((p for p in (cli / f"{module}.rs", cli / module / "mod.rs") if p.exists()), None)
     if path is None:
         fail(f"vaultlet has no subcommand {command!r} (no agent/src/cli/{command}.rs nor {command}/mod.rs)")
     m = re.search(r"\bstruct Args \{\n(.*?)\n\}", path.read_text(), re.S)
@@ -173,6 +185,13 @@ def pod_spec(obj: Obj) -> Obj:
 
 def is_vaultlet_image(image: str) -> bool:
     return re.split(r"[:@]", image.rsplit("/", 1)[-1])[0] == "vaultlet"
+
+
+def subcommand(container: Obj) -> Optional[str]:
+    """The `vaultlet` subcommand a container runs (None: not the vaultlet image)."""
+    if not is_vaultlet_image(container["image"]):
+        return None
+    return str((container.get("args") or [None])[0])
 
 
 def option(args: List[str], flag: str) -> Optional[str]:
@@ -252,8 +271,8 @@ class Agent:
             fail(f"expected one DaemonSet in the rendered deploy/, found {len(daemonsets)}")
         self.ds = daemonsets[0]
         self.spec = pod_spec(self.ds)
-        agents = [c for c in self.spec["containers"] if is_vaultlet_image(c["image"])]
-        if len(agents) != 1 or (agents[0].get("args") or [None])[0] != "serve":
+        agents = [c for c in self.spec["containers"] if subcommand(c) == "serve"]
+        if len(agents) != 1:
             fail(f"{name(self.ds)}: expected one vaultlet container running `serve`")
         self.container = agents[0]
         self.args: List[str] = self.container["args"]
@@ -287,7 +306,8 @@ def check_agent(agent: Agent, socket: str) -> str:
 
 def check_ownership(agent: Agent) -> Tuple[int, int]:
     """The init container hands the socket directory to the agent's user and group,
-    which are the image's USER. Returns (uid, gid)."""
+    which are the image's USER (`vaultlet prepare-dirs`, mode 0750 in its code).
+    Returns (uid, gid)."""
     uid, gid = security(agent.spec, agent.container, "runAsUser"), security(agent.spec, agent.container, "runAsGroup")
     if not isinstance(uid, int) or not isinstance(gid, int) or uid == 0:
         fail("the agent must run with a numeric non-root runAsUser and a runAsGroup")
@@ -300,37 +320,78 @@ def check_ownership(agent: Agent) -> Tuple[int, int]:
         c for c in agent.spec.get("initContainers") or []
         if any(m["name"] == socket_volume for m in c.get("volumeMounts") or [])
     ]
-    if len(preparers) != 1:
-        fail(f"expected one init container preparing volume {socket_volume}, found {len(preparers)}")
-    script = " ".join((preparers[0].get("command") or []) + (preparers[0].get("args") or []))
-    chown = re.search(r"\bchown\s+(\d+):(\d+)\b", script)
-    chmod = re.search(r"\bchmod\s+([0-7]{3,4})\b", script)
-    if not chown or (int(chown.group(1)), int(chown.group(2))) != (uid, gid):
-        fail(f"init container {preparers[0]['name']} must `chown {uid}:{gid}` the socket directory: {script!r}")
-    if not chmod:
-        fail(f"init container {preparers[0]['name']} must chmod the socket directory: {script!r}")
-    mode = int(chmod.group(1), 8)
-    if mode & 0o002:
-        fail(f"the socket directory would be world-writable (mode {chmod.group(1)}): the agent refuses it")
-    if not mode & 0o010:
-        fail(f"the socket directory's group cannot enter it (mode {chmod.group(1)}): callers cannot reach the socket")
-    print(f"ok: init container {preparers[0]['name']} gives the socket directory to {uid}:{gid}, mode {chmod.group(1)}")
+    if len(preparers) != 1 or subcommand(preparers[0]) != "prepare-dirs":
+        fail(f"expected one init container running `vaultlet prepare-dirs` on volume {socket_volume}")
+    init, args = preparers[0], preparers[0]["args"]
+    given = (option(args, "uid"), option(args, "gid"))
+    if given != (str(uid), str(gid)):
+        fail(f"init container {init['name']} gives the directories to {given[0]}:{given[1]}, the agent runs as {uid}:{gid}")
+    socket_dir = next(m["mountPath"] for m in init["volumeMounts"] if m["name"] == socket_volume)
+    if posixpath.normpath(socket_dir) not in (posixpath.normpath(a) for a in args[1:] if not a.startswith("-")):
+        fail(f"init container {init['name']} does not prepare the socket directory {socket_dir}: {args}")
+    print(f"ok: init container {init['name']} gives the socket directory to {uid}:{gid} (vaultlet prepare-dirs)")
     return uid, gid
 
 
+def check_csi(objs: List[Obj], agent: Agent, socket: str, host_socket: str) -> Tuple[str, str]:
+    """The CSI driver that hands pods the agent's socket directory: the CSIDriver
+    the plugin's code names, the plugin publishing the agent's socket directory,
+    registered with kubelet where it listens, and the one privileged container.
+    Returns (driver name, the directory on the node its volumes show)."""
+    driver = rust_const("csi/src/lib.rs", "DRIVER_NAME")
+    drivers = [o for o in objs if o["kind"] == "CSIDriver" and o["metadata"]["name"] == driver]
+    if len(drivers) != 1:
+        fail(f"no CSIDriver {driver} (DRIVER_NAME in csi/src/lib.rs)")
+    spec = drivers[0]["spec"]
+    if (spec.get("volumeLifecycleModes"), spec.get("attachRequired"), spec.get("podInfoOnMount")) != (["Ephemeral"], False, True):
+        fail(f"CSIDriver {driver}: the plugin serves ephemeral inline volumes, attaches nothing and needs the pod "
+             f"info (kubelet sends csi.storage.k8s.io/ephemeral only with podInfoOnMount): {spec}")
+    containers = agent.spec["containers"] + (agent.spec.get("initContainers") or [])
+    plugins = [c for c in containers if subcommand(c) == "csi"]
+    if len(plugins) != 1:
+        fail(f"{name(agent.ds)}: expected one container running `vaultlet csi`")
+    plugin, args = plugins[0], plugins[0]["args"]
+    privileged = [c["name"] for c in containers if (c.get("securityContext") or {}).get("privileged")]
+    if privileged != [plugin["name"]]:
+        fail(f"{name(agent.ds)}: the CSI plugin must be the one privileged container; privileged: {privileged}")
+    # checkov's probe checks are skipped for the DaemonSet because of the plugin.
+    missing = [p for p in ("livenessProbe", "readinessProbe") if p not in agent.container]
+    if missing:
+        fail(f"the agent container lacks {', '.join(missing)}")
+    pods, volume, _ = mount_for(agent.spec, plugin, "/var/lib/kubelet/pods")
+    if pods.get("mountPropagation") != "Bidirectional" or volume.get("hostPath", {}).get("path") != "/var/lib/kubelet/pods":
+        fail("the CSI plugin must mount the node's /var/lib/kubelet/pods with Bidirectional propagation: "
+             "otherwise its mounts never reach kubelet and the pods")
+    published = host_path(agent.spec, plugin, option(args, "agent-socket") or socket)
+    if published != host_socket:
+        fail(f"the CSI plugin publishes the directory of {published} on the node; the agent's socket is {host_socket}")
+    endpoint = host_path(agent.spec, plugin, option(args, "endpoint") or rust_const("csi/src/lib.rs", "DEFAULT_ENDPOINT"))
+    registrars = [c for c in containers if option(c.get("args") or [], "kubelet-registration-path")]
+    if len(registrars) != 1:
+        fail(f"{name(agent.ds)}: expected one node-driver-registrar (--kubelet-registration-path)")
+    registrar = registrars[0]["args"]
+    registered = option(registrar, "kubelet-registration-path")
+    dialed = host_path(agent.spec, registrars[0], option(registrar, "csi-address") or "")
+    if registered != endpoint or dialed != endpoint:
+        fail(f"the CSI plugin listens on {endpoint} on the node; the registrar registers {registered} and dials {dialed}")
+    print(f"ok: CSIDriver {driver} (ephemeral, pod info): the plugin publishes {posixpath.dirname(published)}, "
+          f"is registered at {endpoint} and is the one privileged container")
+    return driver, posixpath.dirname(published)
+
+
 def check_caller(
-    obj: Obj, container: Obj, socket: str, host_socket: str, token_file: str, audience: str,
+    obj: Obj, container: Obj, socket: str, host_socket: str, csi: Tuple[str, str], token_file: str, audience: str,
     owner: Tuple[int, int], overrides: List[str],
 ) -> None:
     """A client container finds the socket and the token where the clients look by default."""
     try:
-        find_agent(obj, container, socket, host_socket, token_file, audience, owner, overrides)
+        find_agent(obj, container, socket, host_socket, csi, token_file, audience, owner, overrides)
     except Failure as e:
         fail(str(e) if str(e).startswith(name(obj)) else f"{name(obj)}: {e}")
 
 
 def find_agent(
-    obj: Obj, container: Obj, socket: str, host_socket: str, token_file: str, audience: str,
+    obj: Obj, container: Obj, socket: str, host_socket: str, csi: Tuple[str, str], token_file: str, audience: str,
     owner: Tuple[int, int], overrides: List[str],
 ) -> None:
     spec, who = pod_spec(obj), f"{name(obj)} container {container['name']}"
@@ -339,7 +400,14 @@ def find_agent(
             fail(f"{who} sets {var}: the example must work with the clients' defaults")
     if container.get("envFrom"):
         fail(f"{who}: envFrom could set {' or '.join(overrides)}; the example must use the clients' defaults")
-    seen = host_path(spec, container, socket)
+    driver, published = csi
+    _, volume, inside = mount_for(spec, container, socket)
+    if (volume.get("csi") or {}).get("driver") != driver:
+        fail(f"{who}: {socket} is not on a {driver} volume; pods reach the agent through the CSI driver's "
+             "read-only volume, never a hostPath (writable, and refused below Pod Security privileged)")
+    if volume["csi"].get("readOnly") is not True:
+        fail(f"{who}: the {driver} volume {volume['name']} lacks readOnly: true, and the driver refuses it")
+    seen = posixpath.normpath(posixpath.join(published, inside))
     if seen != host_socket:
         fail(f"{who}: {socket} is {seen} on the node, the agent's socket is {host_socket}")
     _, volume, inside = mount_for(spec, container, token_file)
@@ -395,6 +463,7 @@ def agree(deploy_file: str, example_files: List[str]) -> None:
     audience = agent.setting("audience", "VAULTLET_AUDIENCE", rust_const("agent/src/config.rs", "DEFAULT_AUDIENCE"))
     host_socket = check_agent(agent, socket)
     owner = check_ownership(agent)
+    csi = check_csi(objs, agent, socket, host_socket)
     check_flags(objs)
     callers = 0
     for path in example_files:
@@ -404,10 +473,68 @@ def agree(deploy_file: str, example_files: List[str]) -> None:
             if obj["kind"] not in WORKLOADS:
                 continue
             for c in pod_spec(obj)["containers"]:
-                check_caller(obj, c, socket, host_socket, token_file, audience, owner, overrides)
+                check_caller(obj, c, socket, host_socket, csi, token_file, audience, owner, overrides)
                 callers += 1
     if not callers:
         fail("no example workload found")
+
+
+# --------------------------------------------------------------- monitoring
+
+OPERATOR_GROUP = "monitoring.coreos.com/"
+SEVERITIES = {"critical", "warning"}
+
+
+def split_operator_kinds(rendered: str, out: str) -> None:
+    objs = load(rendered)
+    operator = [o for o in objs if o["apiVersion"].startswith(OPERATOR_GROUP)]
+    if not operator:
+        fail(f"{rendered}: no object of {OPERATOR_GROUP}")
+    Path(rendered).write_text(yaml.safe_dump_all([o for o in objs if o not in operator], sort_keys=False))
+    Path(out).write_text(yaml.safe_dump_all(operator, sort_keys=False))
+    print(f"ok: {', '.join(name(o) for o in operator)} set apart from kubernetes-validate (no schema for their CRDs)")
+
+
+def one(objs: List[Obj], kind: str) -> Obj:
+    found = [o for o in objs if o["kind"] == kind]
+    if len(found) != 1:
+        fail(f"expected one {kind} in deploy/monitoring, found {len(found)}")
+    return found[0]
+
+
+def monitoring(deploy_file: str, operator_file: str) -> None:
+    agent, objs = Agent(load(deploy_file)), load(operator_file)
+    monitor, rule = one(objs, "PodMonitor"), one(objs, "PrometheusRule")
+    labels = agent.ds["spec"]["template"]["metadata"]["labels"]
+    namespace = agent.ds["metadata"]["namespace"]
+    spec = monitor["spec"]
+    if monitor["metadata"]["namespace"] != namespace:
+        fail(f"{name(monitor)} is in namespace {monitor['metadata']['namespace']}, the agent in {namespace}")
+    selector = spec["selector"]["matchLabels"]
+    if any(labels.get(k) != v for k, v in selector.items()):
+        fail(f"{name(monitor)} selects {selector}; the agent's pods are labelled {labels}")
+    ports = {p["name"]: p["containerPort"] for p in agent.container.get("ports") or []}
+    default = rust_const("agent/src/config.rs", "DEFAULT_ADMIN_LISTEN")
+    admin = agent.setting("admin-listen", "VAULTLET_ADMIN_LISTEN", default).rsplit(":", 1)[-1]
+    served = re.findall(r'^\s*"(/\w+)" =>', (ROOT / "agent/src/admin.rs").read_text(), re.M)
+    for endpoint in spec["podMetricsEndpoints"]:
+        if str(ports.get(endpoint["port"])) != admin:
+            fail(f"{name(monitor)} scrapes port {endpoint['port']!r}; the agent's admin port is {admin} ({ports})")
+        if endpoint.get("path", "/metrics") not in served:
+            fail(f"{name(monitor)} scrapes {endpoint.get('path')}; agent/src/admin.rs serves {served}")
+    job = labels.get(spec.get("jobLabel", ""))
+    if job is None:
+        fail(f"{name(monitor)}: jobLabel {spec.get('jobLabel')!r} is not a label of the agent's pods")
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    for r in rules:
+        selected = set(re.findall(r'\bjob="([^"]*)"', r["expr"]))
+        if selected - {job}:
+            fail(f"alert {r['alert']} selects job {sorted(selected)}; the PodMonitor names the job {job!r}")
+        annotations = r.get("annotations") or {}
+        if r.get("labels", {}).get("severity") not in SEVERITIES or not {"summary", "description"} <= set(annotations):
+            fail(f"alert {r['alert']}: needs a severity ({', '.join(sorted(SEVERITIES))}), a summary and a description")
+    print(f"ok: {name(monitor)} scrapes the agent's pods on port {admin} as job {job!r}; "
+          f"{len(rules)} alerts select that job and have a severity, a summary and a description")
 
 
 # ------------------------------------------------------------------ checkov
@@ -467,6 +594,10 @@ def main(argv: List[str]) -> int:
     try:
         if len(argv) >= 3 and argv[1] == "agree":
             agree(argv[2], argv[3:])
+        elif len(argv) == 4 and argv[1] == "split-operator-kinds":
+            split_operator_kinds(argv[2], argv[3])
+        elif len(argv) == 4 and argv[1] == "monitoring":
+            monitoring(argv[2], argv[3])
         elif len(argv) == 4 and argv[1] == "strip-skips":
             strip_skips(argv[2], argv[3])
         elif len(argv) == 4 and argv[1] == "skips":

@@ -52,6 +52,8 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, readiness: &ReadinessCheck)
             waiting => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n- {}\n", waiting.join("\n- "))),
         },
         "/metrics" => {
+            // Readiness as a series, for the alert on an agent that stays unready.
+            metrics.ready.set(i64::from(readiness().is_empty()));
             let mut r = text(StatusCode::OK, metrics.encode());
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

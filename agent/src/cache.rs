@@ -8,6 +8,10 @@
 //! Plaintext is not kept forever: a secret nobody watches and nobody has read
 //! for the idle TTL is dropped (its buffers zeroize on drop), and the next read
 //! decrypts it again.
+//!
+//! Each state published after a change carries the instant the change was
+//! first seen, so that each stream can tell how long the change took to reach
+//! it (`hub`) without the cache tracking who has had what.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -15,6 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Mutex, OnceCell, watch};
 
 use crate::secret::{SecretId, SecretVersion};
@@ -33,6 +38,15 @@ pub enum SecretState {
     Ready { version: Arc<SecretVersion>, error: Option<Arc<VersionError>> },
     /// The secret exists but no version of it has decoded yet.
     Failed(Arc<VersionError>),
+}
+
+/// A state as the cache publishes it.
+pub struct Published {
+    pub state: SecretState,
+    /// When the change that led to this state was first seen (its announcement,
+    /// even if an outage made the load wait); `None` for a first load, which
+    /// no change caused.
+    pub seen: Option<Instant>,
 }
 
 /// Why a revision could not be decoded (never contains a value).
@@ -61,7 +75,7 @@ impl SecretState {
 }
 
 struct Entry {
-    state: OnceCell<watch::Sender<Arc<SecretState>>>,
+    state: OnceCell<watch::Sender<Arc<Published>>>,
     /// Bumped whenever the source announces a change of the secret, before it
     /// is loaded: an annotation edit may change who may read it, even when no
     /// new value follows.
@@ -88,7 +102,7 @@ impl Default for Entry {
 /// What a subscriber follows of one secret: its states, and the announcements
 /// of changes to it (see `Entry::touched`).
 pub struct Subscription {
-    pub states: watch::Receiver<Arc<SecretState>>,
+    pub states: watch::Receiver<Arc<Published>>,
     pub touched: watch::Receiver<u64>,
 }
 
@@ -97,12 +111,15 @@ pub struct Cache {
     entries: RwLock<HashMap<SecretId, Arc<Entry>>>,
     idle_ttl: Duration,
     started: Instant,
+    /// The number of entries, for the metrics.
+    size: Gauge,
 }
 
 impl Cache {
-    /// A cache over `source` that drops a secret nobody watched or read for `idle_ttl`.
-    pub fn new(source: Arc<dyn SecretSource>, idle_ttl: Duration) -> Arc<Cache> {
-        Arc::new(Cache { source, entries: RwLock::default(), idle_ttl, started: Instant::now() })
+    /// A cache over `source` that drops a secret nobody watched or read for
+    /// `idle_ttl`, and keeps `size` at the number of secrets it holds.
+    pub fn new(source: Arc<dyn SecretSource>, idle_ttl: Duration, size: Gauge) -> Arc<Cache> {
+        Arc::new(Cache { source, entries: RwLock::default(), idle_ttl, started: Instant::now(), size })
     }
 
     fn now_ms(&self) -> u64 {
@@ -115,7 +132,7 @@ impl Cache {
 
     /// The current state of `id`, loading it on first use (one load in flight
     /// per secret, however many callers wait for it).
-    pub async fn state(&self, id: &SecretId) -> Result<Arc<SecretState>, Unavailable> {
+    pub async fn state(&self, id: &SecretId) -> Result<Arc<Published>, Unavailable> {
         let entry = self.entry(id);
         entry.last_read.store(self.now_ms(), Ordering::Relaxed);
         Ok(self.sender(&entry, id).await?.borrow().clone())
@@ -133,11 +150,16 @@ impl Cache {
         let existing = self.entries.read().expect("cache lock").get(id).cloned();
         match existing {
             Some(e) => e,
-            None => self.entries.write().expect("cache lock").entry(id.clone()).or_default().clone(),
+            None => {
+                let mut entries = self.entries.write().expect("cache lock");
+                let entry = entries.entry(id.clone()).or_default().clone();
+                self.size.set(entries.len() as i64);
+                entry
+            }
         }
     }
 
-    async fn sender(&self, entry: &Entry, id: &SecretId) -> Result<watch::Sender<Arc<SecretState>>, Unavailable> {
+    async fn sender(&self, entry: &Entry, id: &SecretId) -> Result<watch::Sender<Arc<Published>>, Unavailable> {
         if let Some(tx) = entry.state.get() {
             return Ok(tx.clone());
         }
@@ -153,7 +175,7 @@ impl Cache {
                         SecretState::Failed(Arc::new(VersionError { revision, message }))
                     }
                 };
-                Ok::<_, Unavailable>(watch::Sender::new(Arc::new(state)))
+                Ok::<_, Unavailable>(watch::Sender::new(Arc::new(Published { state, seen: None })))
             })
             .await?;
         Ok(tx.clone())
@@ -180,9 +202,14 @@ impl Cache {
     }
 
     /// Reloads `id` if somebody asked for it, and publishes the new state if it
-    /// differs. A backend outage keeps the last state and retries with backoff
-    /// (hence the boxed future: it schedules itself again).
+    /// differs. A backend outage keeps the last state and retries with backoff.
     pub fn refresh(self: Arc<Self>, id: SecretId) -> BoxFuture<'static, ()> {
+        self.refresh_seen(id, Instant::now())
+    }
+
+    /// `refresh` of a change first seen at `seen` (a retry keeps the instant;
+    /// hence the boxed future: it schedules itself again).
+    fn refresh_seen(self: Arc<Self>, id: SecretId, seen: Instant) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let Some(entry) = self.entries.read().expect("cache lock").get(&id).cloned() else {
                 return;
@@ -190,11 +217,12 @@ impl Cache {
             entry.touched.send_modify(|n| *n += 1);
             let _serial = entry.loading.lock().await;
             let Some(tx) = entry.state.get() else { return };
-            let current = tx.borrow().clone();
+            let published = tx.borrow().clone();
+            let current = &published.state;
             let held = Held { revision: current.attempted_revision(), version: current.good().map(|v| &**v) };
             let next = match self.source.load(&id, held).await {
                 Ok(Loaded::Unchanged) => None,
-                Ok(Loaded::Absent) => (!matches!(*current, SecretState::Absent)).then_some(SecretState::Absent),
+                Ok(Loaded::Absent) => (!matches!(current, SecretState::Absent)).then_some(SecretState::Absent),
                 Ok(Loaded::Version(v)) => {
                     let v = match current.good() {
                         Some(old) => v.share_unchanged(old),
@@ -214,7 +242,7 @@ impl Cache {
                     let attempt = entry.retries.fetch_add(1, Ordering::Relaxed);
                     let wait = RETRY_FIRST.saturating_mul(1 << attempt.min(7)).min(RETRY_MAX);
                     tracing::warn!(secret = %id, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot load the new revision; serving the last one");
-                    let retry = self.clone().refresh(id);
+                    let retry = self.clone().refresh_seen(id, seen);
                     tokio::spawn(async move {
                         tokio::time::sleep(wait).await;
                         retry.await;
@@ -224,7 +252,7 @@ impl Cache {
             };
             entry.retries.store(0, Ordering::Relaxed);
             if let Some(state) = next {
-                tx.send_replace(Arc::new(state));
+                tx.send_replace(Arc::new(Published { state, seen: Some(seen) }));
             }
         })
     }
@@ -234,18 +262,15 @@ impl Cache {
     /// plaintext is zeroized as it drops), and entries whose first load failed.
     fn sweep(&self) {
         let idle_since = self.now_ms().saturating_sub(self.idle_ttl.as_millis() as u64);
-        self.entries.write().expect("cache lock").retain(|_, e| match e.state.get() {
+        let mut entries = self.entries.write().expect("cache lock");
+        entries.retain(|_, e| match e.state.get() {
             None => Arc::strong_count(e) > 1,
             Some(tx) if tx.receiver_count() > 0 => true,
             Some(tx) => {
-                !matches!(**tx.borrow(), SecretState::Absent) && e.last_read.load(Ordering::Relaxed) >= idle_since
+                !matches!(tx.borrow().state, SecretState::Absent) && e.last_read.load(Ordering::Relaxed) >= idle_since
             }
         });
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.entries.read().unwrap().len()
+        self.size.set(entries.len() as i64);
     }
 }
 
@@ -297,9 +322,9 @@ mod tests {
         }
     }
 
-    fn values(state: &SecretState) -> String {
+    fn values(published: &Published) -> String {
         use secrecy::ExposeSecret;
-        match state {
+        match &published.state {
             SecretState::Ready { version, .. } => {
                 version.documents["k"].doc.values.iter().map(|(k, v)| format!("{k}={}", v.expose_secret())).collect()
             }
@@ -313,7 +338,7 @@ mod tests {
         let src = Arc::new(Scripted::default());
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
-        let cache = Cache::new(src.clone(), Duration::from_secs(600));
+        let cache = Cache::new(src.clone(), Duration::from_secs(600), Gauge::default());
         let reads = (0..50).map(|_| cache.state(&id));
         for state in futures::future::join_all(reads).await {
             assert_eq!(values(&state.unwrap()), "a=1");
@@ -326,7 +351,7 @@ mod tests {
         let src = Arc::new(Scripted::default());
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
-        let cache = Cache::new(src.clone(), Duration::from_secs(600));
+        let cache = Cache::new(src.clone(), Duration::from_secs(600), Gauge::default());
         let mut rx = cache.subscribe(&id).await.unwrap().states;
         let first = rx.borrow_and_update().clone();
 
@@ -339,7 +364,8 @@ mod tests {
         src.set(&id, "22", r#"{"a":"1"}"#);
         cache.clone().refresh(id.clone()).await;
         let second = rx.borrow_and_update().clone();
-        let (SecretState::Ready { version: v1, .. }, SecretState::Ready { version: v2, .. }) = (&*first, &*second)
+        let (SecretState::Ready { version: v1, .. }, SecretState::Ready { version: v2, .. }) =
+            (&first.state, &second.state)
         else {
             panic!()
         };
@@ -358,13 +384,13 @@ mod tests {
         let src = Arc::new(Scripted::default());
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
-        let cache = Cache::new(src.clone(), Duration::from_secs(600));
+        let cache = Cache::new(src.clone(), Duration::from_secs(600), Gauge::default());
         cache.state(&id).await.unwrap();
         src.set(&id, "2", "ignored");
         *src.broken.lock().unwrap() = true;
         cache.clone().refresh(id.clone()).await;
         let state = cache.state(&id).await.unwrap();
-        let SecretState::Ready { error: Some(e), .. } = &*state else { panic!("expected last good + error") };
+        let SecretState::Ready { error: Some(e), .. } = &state.state else { panic!("expected last good + error") };
         assert_eq!(e.revision, "2");
         assert_eq!(values(&state), "a=1");
         // Recovery on the next good revision.
@@ -372,7 +398,7 @@ mod tests {
         src.set(&id, "3", r#"{"a":"3"}"#);
         cache.clone().refresh(id.clone()).await;
         let state = cache.state(&id).await.unwrap();
-        assert!(matches!(&*state, SecretState::Ready { error: None, .. }));
+        assert!(matches!(&state.state, SecretState::Ready { error: None, .. }));
         assert_eq!(values(&state), "a=3");
     }
 
@@ -381,32 +407,37 @@ mod tests {
         let src = Arc::new(Scripted::default());
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
-        let cache = Cache::new(src.clone(), Duration::from_secs(600));
+        let cache = Cache::new(src.clone(), Duration::from_secs(600), Gauge::default());
         let mut rx = cache.subscribe(&id).await.unwrap().states;
-        rx.borrow_and_update();
+        assert!(rx.borrow_and_update().seen.is_none(), "a first load is no change");
         *src.down.lock().unwrap() = true;
         src.set(&id, "2", r#"{"a":"2"}"#);
+        let announced = Instant::now();
         cache.clone().refresh(id.clone()).await;
         assert_eq!(values(&cache.state(&id).await.unwrap()), "a=1");
         *src.down.lock().unwrap() = false;
         tokio::time::timeout(Duration::from_secs(5), rx.changed()).await.expect("retried").unwrap();
         assert_eq!(values(&rx.borrow()), "a=2");
+        let seen = rx.borrow().seen.expect("a change is stamped");
+        assert!(seen >= announced && seen < announced + RETRY_FIRST, "stamped when announced, not when retried");
     }
 
     #[tokio::test]
     async fn unknown_secrets_are_lazy_and_absent_ones_swept() {
         let src = Arc::new(Scripted::default());
-        let cache = Cache::new(src.clone(), Duration::from_secs(600));
+        let size = Gauge::default();
+        let cache = Cache::new(src.clone(), Duration::from_secs(600), size.clone());
         let id = SecretId::new("default", "nope");
         cache.clone().refresh(id.clone()).await;
-        assert_eq!(cache.len(), 0, "a change to a secret nobody asked for costs nothing");
-        assert!(matches!(*cache.state(&id).await.unwrap(), SecretState::Absent));
+        assert_eq!(size.get(), 0, "a change to a secret nobody asked for costs nothing");
+        assert!(matches!(cache.state(&id).await.unwrap().state, SecretState::Absent));
+        assert_eq!(size.get(), 1);
         let rx = cache.subscribe(&id).await.unwrap();
         cache.sweep();
-        assert_eq!(cache.len(), 1, "watched");
+        assert_eq!(size.get(), 1, "watched");
         drop(rx);
         cache.sweep();
-        assert_eq!(cache.len(), 0);
+        assert_eq!(size.get(), 0);
     }
 
     #[tokio::test]
@@ -414,9 +445,10 @@ mod tests {
         let src = Arc::new(Scripted::default());
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
-        let cache = Cache::new(src.clone(), Duration::from_millis(300));
+        let size = Gauge::default();
+        let cache = Cache::new(src.clone(), Duration::from_millis(300), size.clone());
         let state = cache.state(&id).await.unwrap();
-        let SecretState::Ready { version, .. } = &*state else { panic!() };
+        let SecretState::Ready { version, .. } = &state.state else { panic!() };
         let doc = Arc::downgrade(&version.documents["k"].doc);
         drop(state);
         let watched = SecretId::new("default", "watched");
@@ -424,10 +456,10 @@ mod tests {
         let sub = cache.subscribe(&watched).await.unwrap();
 
         cache.sweep();
-        assert_eq!(cache.len(), 2, "read a moment ago");
+        assert_eq!(size.get(), 2, "read a moment ago");
         tokio::time::sleep(Duration::from_millis(400)).await;
         cache.sweep();
-        assert_eq!(cache.len(), 1, "the watched one stays however long");
+        assert_eq!(size.get(), 1, "the watched one stays however long");
         assert!(doc.upgrade().is_none(), "the idle document is dropped (and its values zeroized)");
 
         assert_eq!(values(&cache.state(&id).await.unwrap()), "a=1");
@@ -440,7 +472,7 @@ mod tests {
         let src = Arc::new(Scripted::default());
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
-        let cache = Cache::new(src.clone(), Duration::from_secs(600));
+        let cache = Cache::new(src.clone(), Duration::from_secs(600), Gauge::default());
         let sub = cache.subscribe(&id).await.unwrap();
         cache.clone().refresh(id.clone()).await;
         assert!(sub.touched.has_changed().unwrap(), "a metadata-only change still wakes subscribers");

@@ -7,17 +7,24 @@
 //! state, a change announced for one of its secrets even when no value
 //! follows, a policy reload, a pod gone, the caller's token expiring) the
 //! stream asks its `Authorize` again, before any event; a refusal ends it.
+//!
+//! Each stream measures propagation itself: when it hands over the events of
+//! a state the cache stamped with the instant its change was seen, it observes
+//! the delay, once per state. That costs each subscriber a clock read and a
+//! histogram observation per change (no shared bookkeeping of who has had what);
+//! the histogram's tail is the delay to the last subscriber.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::stream::{self, BoxStream, StreamExt};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use vaultlet_client::SecretRef;
 use vaultlet_client::proto::EventKind;
 
-use crate::cache::{SecretState, Subscription};
+use crate::cache::{Published, SecretState, Subscription};
 use crate::secret::{SecretId, SecretVersion};
 
 /// One reference of a watch request, resolved and subscribed.
@@ -56,7 +63,7 @@ pub enum Item {
 
 /// Why a stream woke up.
 enum Wake {
-    State(usize, Arc<SecretState>),
+    State(usize, Arc<Published>),
     /// A change of this reference's secret was announced.
     Touched(usize),
     /// Something that may change every reference's answer.
@@ -84,12 +91,14 @@ pub struct EventError {
 
 /// The events of `watched`, each reference checked with `guard` before any
 /// event of it; `wakes` and `until` (the caller's token expiry) make every
-/// reference checked again. Ends only after a revocation.
+/// reference checked again. Ends only after a revocation. Each change's delay
+/// until its events are handed over is observed in `delays`.
 pub fn events(
     watched: Vec<Watched>,
     guard: Arc<dyn Authorize>,
     wakes: Vec<watch::Receiver<u64>>,
     until: Option<Instant>,
+    delays: Histogram,
 ) -> BoxStream<'static, Item> {
     let mut trackers = Vec::with_capacity(watched.len());
     let mut sources: Vec<BoxStream<'static, Wake>> = Vec::new();
@@ -112,7 +121,7 @@ pub fn events(
         sources.push(stream::once(tokio::time::sleep_until(t.into())).map(|()| Wake::All).boxed());
     }
     let wake_ups = stream::select_all(sources);
-    let stream = Stream { trackers, guard, revoked: false };
+    let stream = Stream { trackers, guard, revoked: false, delays, opened: Instant::now(), measured: None };
     stream::unfold((wake_ups, stream), |(mut wake_ups, mut s)| async move {
         if s.revoked {
             return None;
@@ -133,6 +142,11 @@ struct Stream {
     trackers: Vec<Tracker>,
     guard: Arc<dyn Authorize>,
     revoked: bool,
+    delays: Histogram,
+    opened: Instant,
+    /// The stamp of the last state whose delay was observed: references to
+    /// one secret share its states, and are woken one after the other.
+    measured: Option<Instant>,
 }
 
 impl Stream {
@@ -150,9 +164,25 @@ impl Stream {
             }
         }
         match wake {
-            Wake::State(i, state) => self.trackers[i].advance(&state).into_iter().map(Item::Event).collect(),
+            Wake::State(i, published) => {
+                let items: Vec<Item> =
+                    self.trackers[i].advance(&published.state).into_iter().map(Item::Event).collect();
+                if !items.is_empty() {
+                    self.measure(published.seen);
+                }
+                items
+            }
             Wake::Touched(_) | Wake::All => Vec::new(),
         }
+    }
+
+    /// Observes the delay of a change whose events are being handed over:
+    /// once per state, and only for a change seen while this stream was open
+    /// (the snapshot of an older state propagates nothing).
+    fn measure(&mut self, seen: Option<Instant>) {
+        let Some(seen) = seen.filter(|s| *s >= self.opened && Some(*s) != self.measured) else { return };
+        self.measured = Some(seen);
+        self.delays.observe(seen.elapsed().as_secs_f64());
     }
 }
 
@@ -283,11 +313,21 @@ mod tests {
     use crate::cache::VersionError;
     use crate::secret::tests::version;
 
-    fn ready(v: SecretVersion) -> Arc<SecretState> {
-        Arc::new(SecretState::Ready { version: Arc::new(v), error: None })
+    /// `state` as the cache publishes a first load.
+    fn published(state: SecretState) -> Arc<Published> {
+        Arc::new(Published { state, seen: None })
     }
 
-    fn watched(index: u32, r: &str, known: Option<&str>, rx: watch::Receiver<Arc<SecretState>>) -> Watched {
+    fn ready(v: SecretVersion) -> Arc<Published> {
+        published(SecretState::Ready { version: Arc::new(v), error: None })
+    }
+
+    /// A histogram nobody reads.
+    fn delays() -> Histogram {
+        Histogram::new([1.0])
+    }
+
+    fn watched(index: u32, r: &str, known: Option<&str>, rx: watch::Receiver<Arc<Published>>) -> Watched {
         let reference: SecretRef = r.parse().unwrap();
         let id = SecretId::new("default", reference.name.clone());
         // Nobody announces changes in these tests.
@@ -327,7 +367,7 @@ mod tests {
     }
 
     fn events(watched: Vec<Watched>) -> BoxStream<'static, Item> {
-        super::events(watched, Arc::new(Switch::default()), Vec::new(), None)
+        super::events(watched, Arc::new(Switch::default()), Vec::new(), None, delays())
     }
 
     async fn next_item(s: &mut BoxStream<'static, Item>) -> Item {
@@ -353,7 +393,7 @@ mod tests {
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
 
         let current = tx.borrow().clone();
-        let SecretState::Ready { version: old, .. } = &*current else { panic!() };
+        let SecretState::Ready { version: old, .. } = &current.state else { panic!() };
         let v2 = version("2", &[("k", 2, r#"{"a":"1"}"#)]).share_unchanged(old);
         tx.send_replace(ready(v2));
         let e = next(&mut s).await;
@@ -363,9 +403,9 @@ mod tests {
         tx.send_replace(ready(version("3", &[("k", 2, r#"{"a":"2"}"#)])));
         assert_eq!(next(&mut s).await.kind, EventKind::ContentChanged);
 
-        tx.send_replace(Arc::new(SecretState::Absent));
+        tx.send_replace(published(SecretState::Absent));
         assert_eq!(next(&mut s).await.kind, EventKind::Deleted);
-        tx.send_replace(Arc::new(SecretState::Absent));
+        tx.send_replace(published(SecretState::Absent));
         quiet(&mut s).await;
 
         tx.send_replace(ready(version("4", &[("k", 1, r#"{"a":"4"}"#)])));
@@ -386,16 +426,16 @@ mod tests {
     async fn errors_are_reported_once_with_the_last_good_version() {
         let good = Arc::new(version("1", &[("k", 1, r#"{"a":"1"}"#)]));
         let failing = |rev: &str| Some(Arc::new(VersionError { revision: rev.into(), message: "bad".into() }));
-        let (tx, rx) = watch::channel(Arc::new(SecretState::Ready { version: good.clone(), error: failing("2") }));
+        let (tx, rx) = watch::channel(published(SecretState::Ready { version: good.clone(), error: failing("2") }));
         let mut s = events(vec![watched(0, "app", None, rx)]);
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
         let e = next(&mut s).await;
         assert_eq!(e.kind, EventKind::Error);
         assert_eq!(e.version.unwrap().revision, "1");
         assert_eq!(e.error.unwrap().revision, "2");
-        tx.send_replace(Arc::new(SecretState::Ready { version: good.clone(), error: failing("2") }));
+        tx.send_replace(published(SecretState::Ready { version: good.clone(), error: failing("2") }));
         quiet(&mut s).await;
-        tx.send_replace(Arc::new(SecretState::Ready { version: good, error: failing("3") }));
+        tx.send_replace(published(SecretState::Ready { version: good, error: failing("3") }));
         assert_eq!(next(&mut s).await.kind, EventKind::Error);
     }
 
@@ -432,10 +472,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_stream_measures_a_change_once_and_a_snapshot_never() {
+        let (tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
+        let delays = Histogram::new([1.0]);
+        let follow = |rx: &watch::Receiver<Arc<Published>>| {
+            // Two references to one secret: its states reach the stream twice.
+            let refs = vec![watched(0, "app", None, rx.clone()), watched(1, "app", None, rx.clone())];
+            super::events(refs, Arc::new(Switch::default()), Vec::new(), None, delays.clone())
+        };
+        let mut s = follow(&rx);
+        for _ in 0..2 {
+            assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
+        }
+        assert_eq!(delays.count(), 0, "a first load is no change");
+
+        let seen = Instant::now();
+        let changed = SecretState::Ready { version: Arc::new(version("2", &[("k", 1, r#"{"a":"2"}"#)])), error: None };
+        tx.send_replace(Arc::new(Published { state: changed, seen: Some(seen) }));
+        for _ in 0..2 {
+            assert_eq!(next(&mut s).await.kind, EventKind::ContentChanged);
+        }
+        assert_eq!(delays.count(), 1, "once per state, however many references");
+        assert!(delays.sum() <= seen.elapsed().as_secs_f64(), "measured from the stamp");
+
+        let mut late = follow(&rx);
+        for _ in 0..2 {
+            assert_eq!(next(&mut late).await.kind, EventKind::Snapshot);
+        }
+        assert_eq!(delays.count(), 1, "the snapshot of a change seen before the stream opened");
+    }
+
+    #[tokio::test]
     async fn a_revoked_reference_ends_the_stream_before_its_new_value() {
         let (tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"old"}"#)])));
         let guard = Arc::new(Switch::default());
-        let mut s = super::events(vec![watched(7, "app", None, rx)], guard.clone(), Vec::new(), None);
+        let mut s = super::events(vec![watched(7, "app", None, rx)], guard.clone(), Vec::new(), None, delays());
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
         // The grant goes with the same change that brings new values.
         guard.deny("app");
@@ -454,7 +525,7 @@ mod tests {
         let mut w = watched(0, "app", None, rx.clone());
         w.subscription.touched = touched.subscribe();
         let guard = Arc::new(Switch::default());
-        let mut s = super::events(vec![w], guard.clone(), Vec::new(), None);
+        let mut s = super::events(vec![w], guard.clone(), Vec::new(), None, delays());
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
         touched.send_modify(|n| *n += 1);
         quiet(&mut s).await;
@@ -464,7 +535,13 @@ mod tests {
 
         let reloads = watch::Sender::new(0);
         let guard = Arc::new(Switch::default());
-        let mut s = super::events(vec![watched(0, "other", None, rx)], guard.clone(), vec![reloads.subscribe()], None);
+        let mut s = super::events(
+            vec![watched(0, "other", None, rx)],
+            guard.clone(),
+            vec![reloads.subscribe()],
+            None,
+            delays(),
+        );
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
         guard.deny("other");
         reloads.send_modify(|n| *n += 1);
@@ -476,7 +553,7 @@ mod tests {
         let (_tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
         let guard = Arc::new(Switch::default());
         let until = Instant::now() + Duration::from_secs(600);
-        let mut s = super::events(vec![watched(0, "app", None, rx)], guard.clone(), Vec::new(), Some(until));
+        let mut s = super::events(vec![watched(0, "app", None, rx)], guard.clone(), Vec::new(), Some(until), delays());
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
         // What the guard says at expiry decides (the real one sees the expired token).
         guard.deny("app");

@@ -282,12 +282,21 @@ impl Stack {
     /// Secret when its watch delivers it, a moment after the write). Needs an
     /// agent with peer binding off: this process is not in the app's pod.
     pub async fn wait_readable(&self, app: &App, reference: &str) {
-        let client = self.client(app).await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        self.wait_readable_within(app, reference, Duration::from_secs(10)).await;
+    }
+
+    /// `wait_readable` for an agent that takes longer to start (under valgrind, say).
+    pub async fn wait_readable_within(&self, app: &App, reference: &str, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
         loop {
+            // A new connection each time: an agent too slow to authenticate a
+            // call closes a connection after its grace.
+            let client = self.client(app).await;
             match client.get_secrets([reference]).await {
                 Ok(_) => return,
-                Err(e) if std::time::Instant::now() > deadline => panic!("{reference} not served within 10 s: {e}"),
+                Err(e) if std::time::Instant::now() > deadline => {
+                    panic!("{reference} not served within {within:?}: {e}")
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }

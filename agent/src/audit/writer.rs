@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Record;
@@ -43,8 +44,8 @@ enum Sink {
 impl AuditLog {
     /// Appends to `path` (`-`: standard output), continuing the chain of the
     /// records already there. With `fsync`, each batch reaches the disk before
-    /// its calls go on.
-    pub fn open(path: &Path, fsync: bool) -> Result<AuditLog, AuditError> {
+    /// its calls go on. Each write that fails counts in `failures`.
+    pub fn open(path: &Path, fsync: bool, failures: Counter) -> Result<AuditLog, AuditError> {
         let err = |e| AuditError::Io(path.to_owned(), e);
         let (sink, seq, prev) = if path.as_os_str() == "-" {
             (Sink::Stdout, 0, GENESIS.to_owned())
@@ -64,7 +65,7 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || Writer { sink, seq, prev, last_head_log: Instant::now() }.run(rx))
+            .spawn(move || Writer { sink, seq, prev, last_head_log: Instant::now(), failures }.run(rx))
             .map_err(err)?;
         Ok(AuditLog { tx })
     }
@@ -82,6 +83,7 @@ struct Writer {
     seq: u64,
     prev: String,
     last_head_log: Instant,
+    failures: Counter,
 }
 
 impl Writer {
@@ -96,6 +98,7 @@ impl Writer {
             }
             let outcome = self.write(&batch, &mut text);
             if let Err(e) = &outcome {
+                self.failures.inc();
                 tracing::error!(error = %e, records = batch.len(), "cannot write the audit log: the calls it covers fail");
             }
             for (_, done) in batch.drain(..) {
@@ -164,7 +167,7 @@ mod tests {
     }
 
     async fn write(path: &Path, n: std::ops::Range<usize>) {
-        let log = AuditLog::open(path, false).unwrap();
+        let log = AuditLog::open(path, false, Counter::default()).unwrap();
         for i in n {
             log.commit(record(i)).await.unwrap();
         }
@@ -174,7 +177,7 @@ mod tests {
     async fn a_commit_returns_once_its_line_is_in_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(&path, true).unwrap();
+        let log = AuditLog::open(&path, true, Counter::default()).unwrap();
         let commits = (0..50).map(|i| log.commit(record(i)));
         for r in futures::future::join_all(commits).await {
             r.unwrap();
@@ -236,8 +239,10 @@ mod tests {
     #[tokio::test]
     async fn an_unwritable_log_fails_the_commit() {
         // /dev/full takes the open and refuses every write (ENOSPC).
-        let log = AuditLog::open(Path::new("/dev/full"), false).unwrap();
+        let failures = Counter::default();
+        let log = AuditLog::open(Path::new("/dev/full"), false, failures.clone()).unwrap();
         let e = log.commit(record(0)).await.unwrap_err();
         assert!(e.to_string().contains("audit log not writable"), "{e}");
+        assert_eq!(failures.get(), 1, "counted, for the alert on a failing audit sink");
     }
 }

@@ -34,7 +34,8 @@ pub async fn run(args: Args) -> CmdResult {
     let shutdown = shutdown_on_signal()?;
     let (changes_tx, changes_rx) = change_channel();
     let source = Arc::new(FileSource::start(&args.secrets_dir, changes_tx)?);
-    let cache = Cache::new(source.clone(), crate::config::DEFAULT_CACHE_IDLE_TTL);
+    // Development serves no metrics: the cache's gauge is counted for nobody.
+    let cache = Cache::new(source.clone(), crate::config::DEFAULT_CACHE_IDLE_TTL, Default::default());
     tokio::spawn(cache.clone().run_refresh(changes_rx));
 
     let listener = server::bind(&args.socket).await?;

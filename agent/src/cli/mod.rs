@@ -6,9 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod audit;
+mod csi;
 mod dev;
+mod export;
 mod get;
+mod prepare_dirs;
 mod recrypt;
+mod run;
 mod seal;
 mod serve;
 mod vault;
@@ -46,10 +50,13 @@ enum Command {
     Serve(Box<serve::Args>),
     Dev(dev::Args),
     Get(get::Args),
+    Run(run::Args),
     Watch(watch::Args),
     Seal(seal::Args),
     Recrypt(recrypt::Args),
     Audit(audit::Args),
+    Csi(csi::Args),
+    PrepareDirs(prepare_dirs::Args),
 }
 
 /// Options shared by the commands that talk to a running agent.
@@ -90,20 +97,30 @@ pub fn run() -> ExitCode {
             Command::Serve(args) => ("serve", serve::run(*args).await),
             Command::Dev(args) => ("dev", dev::run(args).await),
             Command::Get(args) => ("get", get::run(args).await),
+            Command::Run(args) => ("run", run::run(args).await),
             Command::Watch(args) => ("watch", watch::run(args).await),
             Command::Seal(args) => ("seal", seal::run(args).await),
             Command::Recrypt(args) => ("recrypt", recrypt::run(args).await),
             Command::Audit(args) => ("audit", audit::run(args).await),
+            Command::Csi(args) => ("csi", csi::run(args).await),
+            Command::PrepareDirs(args) => ("prepare-dirs", prepare_dirs::run(args).await),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A command whose exit code is another program's (vaultlet run).
+        Err(error) if error.is::<Exit>() => ExitCode::from(error.downcast_ref::<Exit>().map_or(1, |e| e.0)),
         Err(error) => {
             eprintln!("vaultlet {name}: {error}");
             ExitCode::FAILURE
         }
     }
 }
+
+/// Ends a subcommand with this exit code, saying nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("exit code {0}")]
+pub struct Exit(pub u8);
 
 /// Libraries whose debug output could carry request bodies or headers (tokens,
 /// ciphertext, plaintext): capped whatever `VAULTLET_LOG` asks for.

@@ -53,9 +53,9 @@ pub async fn run(args: Args) -> CmdResult {
         }
         None => (Grants::new(Vec::new()), None),
     };
-    let audit = AuditLog::open(&config.audit_log, config.audit_fsync)?;
-    let shutdown = shutdown_on_signal()?;
     let metrics = Arc::new(Metrics::default());
+    let audit = AuditLog::open(&config.audit_log, config.audit_fsync, metrics.audit_write_failures.clone())?;
+    let shutdown = shutdown_on_signal()?;
 
     let kube = kube::Client::try_default()
         .await
@@ -78,7 +78,7 @@ pub async fn run(args: Args) -> CmdResult {
     let (changes_tx, changes_rx) = change_channel();
     let source =
         Arc::new(KubeSource::start(kube.clone(), config.secrets.clone(), transit.clone(), metrics.clone(), changes_tx));
-    let cache = Cache::new(source.clone(), config.cache_idle_ttl);
+    let cache = Cache::new(source.clone(), config.cache_idle_ttl, metrics.cached_secrets.clone());
     tokio::spawn(cache.clone().run_refresh(changes_rx));
 
     let pods = NodePods::start(kube.clone(), &config.node_name);

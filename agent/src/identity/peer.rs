@@ -27,6 +27,7 @@ use vaultlet_parse::cgroup;
 
 use super::Caller;
 use crate::limits::{PeerKey, Slot};
+use crate::metrics::Open;
 
 /// `SO_PEERPIDFD` of asm-generic (x86_64, arm64, ...); the libc crate does not
 /// export it yet.
@@ -118,18 +119,28 @@ fn peer_pidfd(stream: &UnixStream) -> Option<OwnedFd> {
     (r == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// True while the process the pidfd names has not exited (signal 0 only checks).
-fn pidfd_alive(pidfd: &OwnedFd) -> bool {
+/// Whether the process the pidfd names has not exited (signal 0 only
+/// checks); `None` where the call itself is not available (a seccomp filter,
+/// valgrind), and the caller must check another way.
+fn pidfd_alive(pidfd: &OwnedFd) -> Option<bool> {
     // SAFETY: pidfd_send_signal with signal 0 and no info sends nothing.
     let r = unsafe {
         libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0)
     };
-    r == 0
+    match (r, std::io::Error::last_os_error().raw_os_error()) {
+        (0, _) => Some(true),
+        (_, Some(libc::ENOSYS | libc::EPERM)) => None,
+        _ => Some(false),
+    }
 }
 
 fn pod_through_pidfd(proc_root: &Path, pid: i32, pidfd: &OwnedFd) -> PeerPod {
     let pod = read_pod(proc_root, pid);
-    if pidfd_alive(pidfd) { pod } else { PeerPod::Unknown("the process exited before it could be identified".into()) }
+    match pidfd_alive(pidfd) {
+        Some(true) => pod,
+        Some(false) => PeerPod::Unknown("the process exited before it could be identified".into()),
+        None => pod_by_start_time(proc_root, pid),
+    }
 }
 
 fn pod_by_start_time(proc_root: &Path, pid: i32) -> PeerPod {
@@ -173,13 +184,15 @@ pub struct PeerStream {
     peer: Peer,
     /// Pending until the grace period ends; `None` once authenticated.
     grace: Option<Pin<Box<tokio::time::Sleep>>>,
-    _slot: Slot,
+    /// Held while the connection lives: its place among its peer's
+    /// connections, and its count among the open ones.
+    _held: (Slot, Open),
 }
 
 impl PeerStream {
-    pub fn new(inner: UnixStream, peer: Peer, slot: Slot, grace: Duration) -> PeerStream {
+    pub fn new(inner: UnixStream, peer: Peer, slot: Slot, open: Open, grace: Duration) -> PeerStream {
         let grace = Some(Box::pin(tokio::time::sleep(grace)));
-        PeerStream { inner, peer, grace, _slot: slot }
+        PeerStream { inner, peer, grace, _held: (slot, open) }
     }
 
     /// Fails the connection once its grace period is over without an
@@ -243,6 +256,8 @@ impl AsyncWrite for PeerStream {
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::metrics::gauge::Gauge;
+
     use super::*;
 
     #[tokio::test]
@@ -277,7 +292,7 @@ mod tests {
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut child = child;
         child.wait().unwrap();
-        assert!(!pidfd_alive(&pidfd));
+        assert_eq!(pidfd_alive(&pidfd), Some(false));
         assert!(matches!(pod_through_pidfd(Path::new("/proc"), pid, &pidfd), PeerPod::Unknown(_)));
         // Our own process is alive, and its start time is stable.
         let me = std::process::id() as i32;
@@ -293,16 +308,20 @@ mod tests {
         let peer = Peer::of(&a, Path::new("/proc"));
         let admission = crate::limits::Admission::new(Default::default());
         let slot = admission.connection(&peer.key()).unwrap();
-        let mut idle = PeerStream::new(a, peer, slot, Duration::from_secs(10));
+        let open = Gauge::default();
+        let mut idle = PeerStream::new(a, peer, slot, Open::new(&open), Duration::from_secs(10));
         let mut buf = [0u8; 8];
         let e = idle.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(open.get(), 1, "counted open until dropped");
+        drop(idle);
+        assert_eq!(open.get(), 0);
 
         let (c, mut d) = UnixStream::pair().unwrap();
         let peer = Peer::of(&c, Path::new("/proc"));
         let slot = admission.connection(&peer.key()).unwrap();
         peer.mark_authenticated();
-        let mut busy = PeerStream::new(c, peer, slot, Duration::from_secs(10));
+        let mut busy = PeerStream::new(c, peer, slot, Open::new(&open), Duration::from_secs(10));
         tokio::time::sleep(Duration::from_secs(20)).await;
         tokio::io::AsyncWriteExt::write_all(&mut d, b"hi").await.unwrap();
         assert_eq!(busy.read(&mut buf).await.unwrap(), 2, "an authenticated connection stays open");

@@ -144,10 +144,15 @@ impl Reviewer {
             spec: TokenReviewSpec { token: Some(token.to_owned()), audiences: Some(vec![self.audience.clone()]) },
             ..TokenReview::default()
         };
+        let started = Instant::now();
         let answer = tokio::time::timeout(REVIEW_TIMEOUT, self.api.create(&PostParams::default(), &review))
             .await
-            .map_err(|_| ReviewError::Unavailable(format!("no answer within {REVIEW_TIMEOUT:?}")))?
-            .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
+            .map_err(|_| ReviewError::Unavailable(format!("no answer within {REVIEW_TIMEOUT:?}")))
+            .and_then(|r| r.map_err(|e| ReviewError::Unavailable(e.to_string())));
+        self.metrics.latency.token_review.observe(started.elapsed().as_secs_f64());
+        let answer = answer.inspect_err(|_| {
+            self.metrics.token_review_errors.inc();
+        })?;
         let status = answer.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(ReviewError::Rejected(status.error.unwrap_or_else(|| "not authenticated".into())));

@@ -9,8 +9,9 @@
 //!    10 s closed;
 //! 2. HTTP/2 limits per connection: streams, header size, flow-control windows;
 //! 3. the deadline: headers, body and answer within `REQUEST_DEADLINE`;
-//! 4. per-pod admission (`layers`): call rate and calls waiting;
-//! 5. the handler (`service`): authenticate -> authorize (`authorize`, pure) ->
+//! 4. call latency by method and status code (`layers`), refusals included;
+//! 5. per-pod admission (`layers`): call rate and calls waiting;
+//! 6. the handler (`service`): authenticate -> authorize (`authorize`, pure) ->
 //!    load -> audit committed -> values encoded (`encode`) and sent; an open
 //!    watch is authorized again on every wake-up (`watch`).
 
@@ -100,6 +101,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .timeout(REQUEST_DEADLINE)
+        .layer(layers::TimeCalls::new(&parts.metrics))
         .layer(layers::AdmitCalls { admission: parts.admission.clone(), metrics: parts.metrics.clone() })
         .add_service(health_service)
         .add_service(reflection().build_v1()?)

@@ -229,7 +229,7 @@ impl SecretsService {
             .state(&id)
             .await
             .map_err(|error| ServiceError::Unavailable { reference: r.to_string(), error })?;
-        match &*state {
+        match &state.state {
             SecretState::Absent => {
                 let hint = self.parts.cache.source().absent_hint(&id);
                 Err(ServiceError::NotFound { id, hint })

@@ -16,7 +16,7 @@ use crate::audit::{AuditLog, Decision, Record};
 use crate::identity::Authenticator;
 use crate::identity::peer::{Peer, PeerStream, UNAUTHENTICATED_IDLE};
 use crate::limits::{Admission, PeerKey, RateLimiter};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Open};
 
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Audit records of refused connections, per peer: a burst, then one a second;
@@ -79,7 +79,8 @@ pub fn incoming(listener: UnixListener, acceptor: Acceptor) -> impl Stream<Item 
                         }
                         match acceptor.admission.connection(&peer.key()) {
                             Ok(slot) => {
-                                let stream = PeerStream::new(stream, peer, slot, UNAUTHENTICATED_IDLE);
+                                let open = Open::new(&acceptor.metrics.connections);
+                                let stream = PeerStream::new(stream, peer, slot, open, UNAUTHENTICATED_IDLE);
                                 return Some((Ok(stream), listener));
                             }
                             Err(refused) => {

@@ -15,7 +15,7 @@ use crate::audit::{Decision, Record};
 use crate::hub::{self, Authorize, Item, Revoked, Watched};
 use crate::identity::{Authenticator, Caller};
 use crate::limits::Slot;
-use crate::metrics::Metrics;
+use crate::metrics::Open;
 use crate::policy::Policy;
 use crate::secret::SecretId;
 
@@ -56,9 +56,10 @@ pub fn stream(
     wakes.extend(parts.policy.changes());
     let until = caller.valid_until.map(|t| Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default());
     let guard = Arc::new(Guard { caller, auth: parts.auth.clone(), policy: parts.policy.clone() });
-    let held = (StreamGauge::new(&parts.metrics), slot);
+    let held = (Open::new(&parts.metrics.watch_streams), slot);
     let (audit, metrics) = (parts.audit.clone(), parts.metrics.clone());
-    let events = hub::events(watched, guard, wakes, until).then(move |item| {
+    let delays = metrics.latency.propagation.clone();
+    let events = hub::events(watched, guard, wakes, until, delays).then(move |item| {
         let _held = &held;
         let (audit, metrics, opened) = (audit.clone(), metrics.clone(), opened.clone());
         async move {
@@ -84,20 +85,4 @@ pub fn stream(
     });
     // Streams end when the agent shuts down, so that clients reconnect to the next one.
     Box::pin(events.take_until(parts.shutdown.clone().cancelled_owned()))
-}
-
-/// Counts an open watch stream for as long as it lives.
-struct StreamGauge(Arc<Metrics>);
-
-impl StreamGauge {
-    fn new(metrics: &Arc<Metrics>) -> StreamGauge {
-        metrics.watch_streams.inc();
-        StreamGauge(metrics.clone())
-    }
-}
-
-impl Drop for StreamGauge {
-    fn drop(&mut self) {
-        self.0.watch_streams.dec();
-    }
 }

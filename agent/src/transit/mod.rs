@@ -23,7 +23,7 @@ use secrecy::SecretString;
 use vaultrs::client::{VaultClient, VaultClientSettings, VaultClientSettingsBuilder};
 use zeroize::Zeroizing;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OperationLabels};
 
 mod batch;
 mod session;
@@ -359,6 +359,7 @@ impl Transit {
         F: Fn(Arc<Session>) -> Fut,
         Fut: Future<Output = Result<T, ErrorKind>>,
     {
+        let started = Instant::now();
         let attempt = async {
             let session = self.session().await?;
             match f(session.clone()).await {
@@ -373,6 +374,8 @@ impl Transit {
             Ok(r) => r,
             Err(_) => Err(ErrorKind::Timeout(self.timeout)),
         };
+        let operation = OperationLabels { operation: op };
+        self.metrics.latency.transit.get_or_create(&operation).observe(started.elapsed().as_secs_f64());
         let result = result.map_err(|kind| {
             self.metrics.transit_errors.inc();
             TransitError { op, addr: self.addr.clone(), kind }
