@@ -32,11 +32,11 @@ pub async fn run(stack: &Stack, me: &App, reference: &str, calls: usize, concurr
     let mut prefix: Vec<&str> = wrapper.to_vec();
     prefix.push(&out_arg);
     let mut agent = stack.start_agent_wrapped(&prefix, &AGENT_LIMITS, "warn");
+    stack.wait_readable_within(me, reference, Duration::from_secs(300)).await;
     let client = Client::connect(stack.socket())
         .await
         .expect("connect")
         .with_token_source(vaultlet_client::TokenSource::File(me.token_file.clone()));
-    stack.wait_readable(me, reference).await;
     let health = tonic_health::pb::health_client::HealthClient::new(client.channel());
     let reference = reference.to_owned();
     let get = {

@@ -83,9 +83,11 @@ pub async fn run(
     say(&format!("  every app holds the secret after {:.1} s", started.elapsed().as_secs_f64()));
 
     let memory_mib: f64 = agents.iter().map(|(c, _)| rss_mib(c.id())).sum();
+    // At least one render interval: each render reads the secret again.
+    let window = steady.max(render_interval);
     let before = stack.bao.requests_under("");
-    tokio::time::sleep(steady).await;
-    let per_min = (stack.bao.requests_under("") - before) as f64 * 60.0 / steady.as_secs_f64();
+    tokio::time::sleep(window).await;
+    let per_min = (stack.bao.requests_under("") - before) as f64 * 60.0 / window.as_secs_f64();
     say(&format!("  {memory_mib:.0} MiB resident in all; {per_min:.1} Vault requests a minute while nothing changes"));
 
     stack.bao.must(&["kv", "put", &format!("secret/{ns}/peer"), "password=second"]);

@@ -87,15 +87,17 @@ pub async fn pod_client(args: PodClient) {
     report(result.map(|_| ()).map_err(|e| e.to_string()));
 }
 
-/// Opens its streams all at once, as a fleet of restarting services does
-/// (each connection's 100 in one burst), says `ready` once every snapshot
-/// arrived, then prints `event KIND MONOTONIC_NS` for each event any stream
-/// receives, until its standard input closes.
+/// Opens its streams in bursts, as a fleet of restarting services does: each
+/// connection's 100 at once (a pod may have 256 calls waiting), one connection
+/// after the other. Says `ready` once every snapshot arrived, then prints
+/// `event KIND MONOTONIC_NS` for each event any stream receives, until its
+/// standard input closes.
 pub async fn pod_watcher(args: PodWatcher) {
     use futures::StreamExt;
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(EventKind, u128)>();
-    let mut opening = Vec::with_capacity(args.streams);
+    let mut streams = Vec::with_capacity(args.streams);
     for start in (0..args.streams).step_by(100) {
+        let mut opening = Vec::with_capacity(100);
         let client = match vaultlet_client::Client::connect(&args.socket).await {
             Ok(c) => c.with_token_source(vaultlet_client::TokenSource::File(args.token_file.clone())),
             Err(e) => return report(Err(e.to_string())),
@@ -116,13 +118,12 @@ pub async fn pod_watcher(args: PodWatcher) {
                 }))
             }));
         }
-    }
-    let mut streams = Vec::with_capacity(opening.len());
-    for o in opening {
-        match o.await {
-            Ok(Ok(stream)) => streams.push(stream),
-            Ok(Err(e)) => return report(Err(e)),
-            Err(e) => return report(Err(e.to_string())),
+        for o in opening {
+            match o.await {
+                Ok(Ok(stream)) => streams.push(stream),
+                Ok(Err(e)) => return report(Err(e)),
+                Err(e) => return report(Err(e.to_string())),
+            }
         }
     }
     println!("ready");
