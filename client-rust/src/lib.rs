@@ -31,7 +31,7 @@ pub use client::{Client, DEFAULT_SOCKET, SOCKET_ENV};
 pub use error::{Error, code_name};
 pub use reference::{RefError, SecretRef};
 pub use secret::{Event, EventError, EventKind, Format, Secret};
-pub use token::{DEFAULT_TOKEN_FILE, TOKEN_FILE_ENV, TokenSource};
+pub use token::{DEFAULT_TOKEN_FILE, FEATURES_METADATA, INDEXED_TOKEN, TOKEN_FILE_ENV, TOKEN_METADATA, TokenSource};
 /// Status codes, as `Error::code` returns them.
 pub use tonic::Code;
 pub use watch::WatchStream;

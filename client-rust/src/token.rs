@@ -5,10 +5,11 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
-use tonic::metadata::{Ascii, MetadataValue};
+use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 
 use crate::Error;
 
@@ -63,19 +64,76 @@ fn read_token_file(path: &Path) -> Result<Option<SecretString>, Error> {
 /// swapped in) or an in-place write changes it.
 type Stamp = (u64, u64, u64, i64, i64);
 
-/// The `authorization` value for the current token. A stat per call tells
-/// whether the file changed; only then is it read again.
+/// Where a request carries the token: `authorization: Bearer <token>`, which
+/// every agent reads, or `vaultlet-token: <token>`, which agents that announce
+/// `vaultlet-features: indexed-token` read too.
+///
+/// Why two: h2 never lets HPACK index `authorization` (its encoder skips the
+/// header's value, whatever its sensitivity), so each call sends the whole
+/// token (about 1 KB, Huffman-coded) and the agent decodes it again: about a
+/// sixth of the agent's instructions for a cached read, measured with
+/// `vaultlet-bench --only instructions`. Under another name h2 indexes it, so
+/// each call after the first sends one byte and the agent decodes nothing.
+/// Never indexing guards against compression oracles, where an attacker's
+/// bytes share an HPACK context with a victim's secret; this connection joins
+/// only this process and its node's agent (a Unix socket, no proxy between),
+/// and both hold the token anyway.
+pub const TOKEN_METADATA: &str = "vaultlet-token";
+/// What an agent can do, announced on every response (comma-separated).
+pub const FEATURES_METADATA: &str = "vaultlet-features";
+/// The feature: the agent reads `vaultlet-token`.
+pub const INDEXED_TOKEN: &str = "indexed-token";
+
+/// The token's two header values, built once per version of the file.
+#[derive(Clone)]
+struct Values {
+    bearer: MetadataValue<Ascii>,
+    raw: MetadataValue<Ascii>,
+}
+
+/// The token header for the current token. A stat per call tells whether the
+/// file changed; only then is it read again.
 pub(crate) struct Bearer {
     source: TokenSource,
-    cached: Mutex<Option<(Stamp, MetadataValue<Ascii>)>>,
+    cached: Mutex<Option<(Stamp, Values)>>,
+    /// The agent announced `indexed-token`. Learnt from a response, forgotten
+    /// on any failed call (the connection may now reach another agent, say
+    /// an older one after a rollback), so a request never depends on it.
+    indexed: AtomicBool,
 }
 
 impl Bearer {
     pub(crate) fn new(source: TokenSource) -> Bearer {
-        Bearer { source, cached: Mutex::new(None) }
+        Bearer { source, cached: Mutex::new(None), indexed: AtomicBool::new(false) }
     }
 
-    pub(crate) fn header(&self) -> Result<Option<MetadataValue<Ascii>>, Error> {
+    /// Puts the current token, if any, into `metadata`.
+    pub(crate) fn insert(&self, metadata: &mut MetadataMap) -> Result<(), Error> {
+        let Some(values) = self.values()? else { return Ok(()) };
+        if self.indexed.load(Ordering::Relaxed) {
+            metadata.insert(TOKEN_METADATA, values.raw);
+        } else {
+            metadata.insert("authorization", values.bearer);
+        }
+        Ok(())
+    }
+
+    /// Learns from a response what the agent reads.
+    pub(crate) fn learn(&self, response: &MetadataMap) {
+        let announced = response
+            .get(FEATURES_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|f| f.trim() == INDEXED_TOKEN));
+        self.indexed.store(announced, Ordering::Relaxed);
+    }
+
+    /// After a failed call: send `authorization` until an agent says otherwise.
+    /// Returns whether the failed call had used `vaultlet-token`.
+    pub(crate) fn forget(&self) -> bool {
+        self.indexed.swap(false, Ordering::Relaxed)
+    }
+
+    fn values(&self) -> Result<Option<Values>, Error> {
         let TokenSource::File(path) = &self.source else { return Ok(None) };
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
@@ -84,22 +142,21 @@ impl Bearer {
         };
         let stamp = (meta.dev(), meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec());
         let mut cached = self.cached.lock().expect("token cache lock");
-        if let Some((_, value)) = cached.as_ref().filter(|(s, _)| *s == stamp) {
-            return Ok(Some(value.clone()));
+        if let Some((_, values)) = cached.as_ref().filter(|(s, _)| *s == stamp) {
+            return Ok(Some(values.clone()));
         }
         let Some(token) = read_token_file(path)? else { return Ok(None) };
-        let value =
-            MetadataValue::try_from(format!("Bearer {}", token.expose_secret())).map_err(|_| Error::Status {
-                code: tonic::Code::Unauthenticated,
-                message: format!("the token file {} holds characters a token cannot contain", path.display()),
-            })?;
-        // Not marked sensitive: HPACK then indexes the header, so each call
-        // after the first sends one byte instead of the whole token (and the
-        // agent decodes nothing). Sensitivity guards against compression
-        // oracles across a shared connection; this one joins only this process
-        // and the agent, which both hold the token anyway.
-        *cached = Some((stamp, value.clone()));
-        Ok(Some(value))
+        let invalid = || Error::Status {
+            code: tonic::Code::Unauthenticated,
+            message: format!("the token file {} holds characters a token cannot contain", path.display()),
+        };
+        // Neither value is marked sensitive: see TOKEN_METADATA.
+        let values = Values {
+            bearer: MetadataValue::try_from(format!("Bearer {}", token.expose_secret())).map_err(|_| invalid())?,
+            raw: MetadataValue::try_from(token.expose_secret()).map_err(|_| invalid())?,
+        };
+        *cached = Some((stamp, values.clone()));
+        Ok(Some(values))
     }
 }
 
@@ -107,20 +164,57 @@ impl Bearer {
 mod tests {
     use super::*;
 
+    fn sent(bearer: &Bearer) -> Option<(&'static str, String)> {
+        let mut m = MetadataMap::new();
+        bearer.insert(&mut m).unwrap();
+        for name in ["authorization", TOKEN_METADATA] {
+            if let Some(v) = m.get(name) {
+                assert_eq!(m.len(), 1, "one token header");
+                return Some((name, v.to_str().unwrap().to_owned()));
+            }
+        }
+        None
+    }
+
     #[test]
     fn the_token_is_read_again_when_the_file_changes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         let bearer = Bearer::new(TokenSource::File(path.clone()));
-        assert!(bearer.header().unwrap().is_none(), "no file, no token");
+        assert!(sent(&bearer).is_none(), "no file, no token");
         std::fs::write(&path, "first\n").unwrap();
-        assert_eq!(bearer.header().unwrap().unwrap().to_str().unwrap(), "Bearer first");
+        assert_eq!(sent(&bearer), Some(("authorization", "Bearer first".into())));
         // Kubelet's rotation: a new file renamed over the old one.
         let next = dir.path().join("token.new");
         std::fs::write(&next, "second").unwrap();
         std::fs::rename(&next, &path).unwrap();
-        assert_eq!(bearer.header().unwrap().unwrap().to_str().unwrap(), "Bearer second");
+        assert_eq!(sent(&bearer), Some(("authorization", "Bearer second".into())));
         std::fs::write(&path, "  \n").unwrap();
-        assert_eq!(bearer.header().unwrap_err().code(), tonic::Code::Unauthenticated);
+        let mut m = MetadataMap::new();
+        assert_eq!(bearer.insert(&mut m).unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn the_indexed_header_is_used_only_while_the_agent_announces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "tok").unwrap();
+        let bearer = Bearer::new(TokenSource::File(path));
+        let response = |features: Option<&'static str>| {
+            let mut m = MetadataMap::new();
+            if let Some(f) = features {
+                m.insert(FEATURES_METADATA, MetadataValue::from_static(f));
+            }
+            m
+        };
+        bearer.learn(&response(Some("other, indexed-token")));
+        assert_eq!(sent(&bearer), Some((TOKEN_METADATA, "tok".into())));
+        // An agent that does not announce it (an older one after a rollback).
+        bearer.learn(&response(None));
+        assert_eq!(sent(&bearer), Some(("authorization", "Bearer tok".into())));
+        bearer.learn(&response(Some("indexed-token")));
+        assert!(bearer.forget(), "the failed call had used vaultlet-token");
+        assert_eq!(sent(&bearer), Some(("authorization", "Bearer tok".into())));
+        assert!(!bearer.forget());
     }
 }

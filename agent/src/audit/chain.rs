@@ -14,7 +14,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub(super) struct Line<'a> {
     pub seq: u64,
     pub prev: &'a str,
-    pub time: String,
+    pub time: &'a str,
     #[serde(flatten)]
     pub record: &'a Record,
 }

@@ -90,15 +90,20 @@ impl Record {
     /// Adds a reference, within the caps.
     pub fn push_secret(&mut self, reference: &str) {
         if self.secrets.len() < MAX_REFS {
-            self.secrets.push(reference.chars().take(MAX_REF_CHARS).collect());
+            self.secrets.push(truncated(reference, MAX_REF_CHARS).to_owned());
         } else {
             self.secrets_omitted += 1;
         }
     }
 
     pub fn set_reason(&mut self, reason: &str) {
-        self.reason = Some(reason.chars().take(MAX_REASON_CHARS).collect());
+        self.reason = Some(truncated(reason, MAX_REASON_CHARS).to_owned());
     }
+}
+
+/// The first `chars` characters of `text`.
+fn truncated(text: &str, chars: usize) -> &str {
+    text.char_indices().nth(chars).map_or(text, |(end, _)| &text[..end])
 }
 
 #[cfg(test)]
@@ -116,5 +121,6 @@ mod tests {
         let line = serde_json::to_string(&r).unwrap();
         assert!(line.len() < 16 * 1024, "{} bytes", line.len());
         assert!(line.contains("\"secrets_omitted\":968"), "{line:.200}");
+        assert_eq!((truncated("héllo", 2), truncated("hé", 2), truncated("", 2)), ("hé", "hé", ""));
     }
 }

@@ -1,20 +1,22 @@
-//! The writer: callers commit records and wait; one thread takes whatever has
-//! arrived, writes it as one batch, and then releases every waiter of the
-//! batch at once (so throughput holds under load). A batch that cannot be
-//! written fails its waiters: the calls fail closed.
+//! The writer: callers commit records and wait until they are written. The
+//! first caller to find the writer free writes every record waiting, as one
+//! batch, and releases each waiter of the batch (a group commit: throughput
+//! holds under load, and a lone call is written on its own task, with no hop
+//! to another thread). A write that may block (fsync, standard output) runs
+//! on the blocking pool instead. A batch that cannot be written fails its
+//! waiters: the calls fail closed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::Record;
 use super::chain::{GENESIS, Line, chain_end, hash};
 
-/// Records waiting for the writer; callers wait when it falls this far behind.
-const QUEUE: usize = 8192;
 const HEAD_LOG_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +34,16 @@ type Pending = (Record, oneshot::Sender<Result<(), NotWritten>>);
 
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Pending>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Records committed and not yet taken by a writer.
+    waiting: Mutex<Vec<Pending>>,
+    /// Whoever holds it writes (the leader of the group commit).
+    writer: Mutex<Writer>,
+    /// Writes may block for long: they leave the async runtime's threads.
+    blocking: bool,
 }
 
 /// Where the lines go.
@@ -62,20 +73,55 @@ impl AuditLog {
             let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(err)?;
             (Sink::File { file, fsync }, seq, prev)
         };
-        let (tx, rx) = mpsc::channel(QUEUE);
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || Writer { sink, seq, prev, last_head_log: Instant::now(), failures }.run(rx))
-            .map_err(err)?;
-        Ok(AuditLog { tx })
+        // A write into the page cache returns at once; fsync, or a pipe that
+        // whoever reads standard output drains slowly, may not.
+        let blocking = !matches!(sink, Sink::File { fsync: false, .. });
+        let writer = Writer { sink, seq, prev, last_head_log: Instant::now(), failures, text: String::new() };
+        let shared = Shared { waiting: Mutex::new(Vec::new()), writer: Mutex::new(writer), blocking };
+        Ok(AuditLog { shared: Arc::new(shared) })
     }
 
     /// Writes `record` and returns once it is written, or fails if it cannot be.
     pub async fn commit(&self, record: Record) -> Result<(), NotWritten> {
         let (done, written) = oneshot::channel();
-        self.tx.send((record, done)).await.map_err(|_| NotWritten("the audit writer stopped".into()))?;
+        lock(&self.shared.waiting).push((record, done));
+        if self.shared.blocking {
+            let shared = self.shared.clone();
+            tokio::task::spawn_blocking(move || shared.write_waiting());
+        } else {
+            self.shared.write_waiting();
+        }
         written.await.map_err(|_| NotWritten("the audit writer stopped".into()))?
     }
+}
+
+impl Shared {
+    /// Writes what is waiting, unless another caller is writing: that one
+    /// looks again once it is done, so no record is left behind.
+    fn write_waiting(&self) {
+        loop {
+            let Ok(mut writer) = self.writer.try_lock() else { return };
+            loop {
+                let batch = std::mem::take(&mut *lock(&self.waiting));
+                if batch.is_empty() {
+                    break;
+                }
+                writer.write_batch(batch);
+            }
+            drop(writer);
+            // A record may have arrived after the last look and before the
+            // unlock, its caller finding the writer busy.
+            if lock(&self.waiting).is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+/// A panic while holding a lock leaves nothing half-done here (a batch is
+/// either written or cut off), so the data stays usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 struct Writer {
@@ -84,41 +130,34 @@ struct Writer {
     prev: String,
     last_head_log: Instant,
     failures: Counter,
+    text: String,
 }
 
 impl Writer {
-    /// Runs on its own thread, so file writes never block the async runtime.
-    fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
-        let mut batch = Vec::new();
-        let mut text = String::new();
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
-            }
-            let outcome = self.write(&batch, &mut text);
-            if let Err(e) = &outcome {
-                self.failures.inc();
-                tracing::error!(error = %e, records = batch.len(), "cannot write the audit log: the calls it covers fail");
-            }
-            for (_, done) in batch.drain(..) {
-                let _ = done.send(outcome.clone());
-            }
-            if self.last_head_log.elapsed() >= HEAD_LOG_EVERY {
-                tracing::info!(seq = self.seq, head = %self.prev, "audit chain head");
-                self.last_head_log = Instant::now();
-            }
+    fn write_batch(&mut self, batch: Vec<Pending>) {
+        let outcome = self.write(&batch);
+        if let Err(e) = &outcome {
+            self.failures.inc();
+            tracing::error!(error = %e, records = batch.len(), "cannot write the audit log: the calls it covers fail");
+        }
+        for (_, done) in batch {
+            let _ = done.send(outcome.clone());
+        }
+        if self.last_head_log.elapsed() >= HEAD_LOG_EVERY {
+            tracing::info!(seq = self.seq, head = %self.prev, "audit chain head");
+            self.last_head_log = Instant::now();
         }
     }
 
     /// Chains and writes one batch. The chain moves on only when the batch was
     /// written, so the next batch links to what is really in the file.
-    fn write(&mut self, batch: &[Pending], text: &mut String) -> Result<(), NotWritten> {
+    fn write(&mut self, batch: &[Pending]) -> Result<(), NotWritten> {
+        let text = &mut self.text;
         text.clear();
         let (mut seq, mut prev) = (self.seq, self.prev.clone());
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         for (record, _) in batch {
-            let line = serde_json::to_string(&Line { seq, prev: &prev, time: time.clone(), record })
+            let line = serde_json::to_string(&Line { seq, prev: &prev, time: &time, record })
                 .expect("audit records serialize");
             prev = hash(&line);
             seq += 1;
@@ -184,6 +223,30 @@ mod tests {
         }
         // No waiting, no flush by anyone else: committed means written.
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 50);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_commits_are_all_written_in_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        for fsync in [false, true] {
+            let path = dir.path().join(format!("audit-{fsync}.log"));
+            let log = AuditLog::open(&path, fsync, Counter::default()).unwrap();
+            let tasks: Vec<_> = (0..8)
+                .map(|t| {
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        for i in 0..100 {
+                            log.commit(record(t * 100 + i)).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(verify(text.as_bytes(), None, None).unwrap().records, 800, "fsync {fsync}");
+        }
     }
 
     #[tokio::test]

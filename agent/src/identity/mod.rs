@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
+use vaultlet_client::TOKEN_METADATA;
 
 pub mod peer;
 pub mod pods;
@@ -71,7 +72,9 @@ pub enum AuthError {
         "no ServiceAccount token: send `authorization: Bearer <token>` with the projected token of audience {audience:?}"
     )]
     MissingToken { audience: String },
-    #[error("the authorization metadata is not `Bearer <token>`")]
+    #[error("the token metadata sends two tokens: send it once, in `authorization` or in `vaultlet-token`")]
+    TwoTokens,
+    #[error("the token metadata is neither `authorization: Bearer <token>` nor `vaultlet-token: <token>`")]
     MalformedHeader,
     #[error("{0}")]
     Token(#[from] TokenError),
@@ -249,18 +252,58 @@ fn pod_name(r: &Reviewed) -> String {
     format!("{}/{}", r.namespace, r.pod_name)
 }
 
-/// The token of `authorization: Bearer <token>` (borrowed from the request).
+/// The token of `authorization: Bearer <token>`, or of `vaultlet-token:
+/// <token>` (what the Rust client sends once the agent announced it reads it;
+/// see `vaultlet_client::TOKEN_METADATA`). Borrowed from the request.
 fn bearer<'a>(metadata: &'a MetadataMap, audience: &str) -> Result<&'a str, AuthError> {
-    let value =
-        metadata.get("authorization").ok_or_else(|| AuthError::MissingToken { audience: audience.to_owned() })?;
-    let text = value.to_str().map_err(|_| AuthError::MalformedHeader)?;
-    let (scheme, token) = text.split_once(' ').ok_or(AuthError::MalformedHeader)?;
-    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(AuthError::MalformedHeader);
+    let token = match (metadata.get(TOKEN_METADATA), metadata.get("authorization")) {
+        (Some(_), Some(_)) => return Err(AuthError::TwoTokens),
+        (Some(value), None) => value.to_str().map_err(|_| AuthError::MalformedHeader)?,
+        (None, Some(value)) => {
+            let text = value.to_str().map_err(|_| AuthError::MalformedHeader)?;
+            let (scheme, token) = text.split_once(' ').ok_or(AuthError::MalformedHeader)?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(AuthError::MalformedHeader);
+            }
+            token
+        }
+        (None, None) => return Err(AuthError::MissingToken { audience: audience.to_owned() }),
+    };
+    match token.trim() {
+        "" => Err(AuthError::MalformedHeader),
+        token => Ok(token),
     }
-    Ok(token.trim())
 }
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::metadata::MetadataValue;
+
+    use super::*;
+
+    fn metadata(headers: &[(&'static str, &'static str)]) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        for (name, value) in headers {
+            m.insert(*name, MetadataValue::from_static(value));
+        }
+        m
+    }
+
+    #[test]
+    fn the_token_comes_from_either_header_but_only_one() {
+        let token = |h: &[(&'static str, &'static str)]| bearer(&metadata(h), "vaultlet").map(str::to_owned);
+        assert_eq!(token(&[("authorization", "Bearer abc")]).unwrap(), "abc");
+        assert_eq!(token(&[("authorization", "bearer  abc ")]).unwrap(), "abc");
+        assert_eq!(token(&[(TOKEN_METADATA, "abc")]).unwrap(), "abc");
+        let two = token(&[("authorization", "Bearer abc"), (TOKEN_METADATA, "abc")]).unwrap_err();
+        assert!(matches!(two, AuthError::TwoTokens), "{two}");
+        assert!(matches!(token(&[]).unwrap_err(), AuthError::MissingToken { .. }));
+        for bad in [&[("authorization", "Basic abc")][..], &[("authorization", "Bearer ")], &[(TOKEN_METADATA, " ")]] {
+            assert!(matches!(token(bad).unwrap_err(), AuthError::MalformedHeader), "{bad:?}");
+        }
+    }
 }

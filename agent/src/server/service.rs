@@ -8,11 +8,12 @@ use std::sync::Arc;
 use futures::Stream;
 use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 use vaultlet_client::codec::Wipe;
 use vaultlet_client::proto::secrets_server::Secrets;
 use vaultlet_client::proto::{self};
-use vaultlet_client::{SecretRef, code_name};
+use vaultlet_client::{FEATURES_METADATA, INDEXED_TOKEN, SecretRef, code_name};
 
 use super::authorize::authorize;
 use super::encode::encode;
@@ -208,7 +209,7 @@ impl SecretsService {
         .await;
         let written = self.commit(call, outcome.as_ref().err()).await;
         let result = match (outcome, written) {
-            (Ok(response), Ok(())) => Ok(Response::new(response)),
+            (Ok(response), Ok(())) => Ok(announced(response)),
             // Nothing leaves unaudited; the copies made for the wire are wiped.
             (Ok(mut response), Err(e)) => {
                 response.wipe();
@@ -270,7 +271,7 @@ impl SecretsService {
         let written = self.commit(call, outcome.as_ref().err()).await;
         let result = match (outcome, written) {
             (Ok((caller, watched, slot)), Ok(())) => {
-                Ok(Response::new(watch::stream(&self.parts, caller, watched, slot, record)))
+                Ok(announced(watch::stream(&self.parts, caller, watched, slot, record)))
             }
             (Ok(_), Err(e)) => Err(ServiceError::from(e).into()),
             (Err(e), _) => Err(e.into()),
@@ -278,6 +279,14 @@ impl SecretsService {
         self.count(Method::Watch, &result);
         result
     }
+}
+
+/// A response that tells the client what this agent reads (see
+/// `vaultlet_client::TOKEN_METADATA`: the token under a name HPACK indexes).
+fn announced<T>(message: T) -> Response<T> {
+    let mut response = Response::new(message);
+    response.metadata_mut().insert(FEATURES_METADATA, MetadataValue::from_static(INDEXED_TOKEN));
+    response
 }
 
 #[tonic::async_trait]

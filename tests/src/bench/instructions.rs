@@ -21,9 +21,20 @@ pub struct Instructions {
     pub get_per_call: f64,
     pub empty_per_call: f64,
     pub ratio: f64,
+    /// Of `get_per_call`: SHA-256 of the audit line each call writes. valgrind
+    /// hides the CPU's SHA extensions, so this is the cost of aws-lc's AVX
+    /// code, which a CPU with SHA-NI does not run.
+    pub audit_hash_per_call: f64,
 }
 
-pub async fn run(stack: &Stack, me: &App, reference: &str, calls: usize, concurrency: usize) -> Instructions {
+pub async fn run(
+    stack: &Stack,
+    me: &App,
+    reference: &str,
+    calls: usize,
+    concurrency: usize,
+    keep: Option<&Path>,
+) -> Instructions {
     let dir = stack.dir.path().join("callgrind");
     std::fs::create_dir_all(&dir).expect("callgrind directory");
     let out = dir.join("callgrind.out");
@@ -63,10 +74,20 @@ pub async fn run(stack: &Stack, me: &App, reference: &str, calls: usize, concurr
     let empty_total = dump(&dir, pid, "empty");
     load(concurrency, calls, get).await;
     let get_total = dump(&dir, pid, "get");
+    let get_dump = newest_dump(&dir);
     agent.kill();
+    if let Some(keep) = keep {
+        std::fs::create_dir_all(keep).expect("the directory for callgrind dumps");
+        for file in dumps(&dir) {
+            let name = file.file_name().expect("a dump's name");
+            std::fs::copy(&file, keep.join(name)).expect("copy a callgrind dump");
+        }
+        say(&format!("  callgrind dumps copied to {}", keep.display()));
+    }
     let (get_per_call, empty_per_call) = (get_total as f64 / calls as f64, empty_total as f64 / calls as f64);
+    let audit_hash_per_call = inclusive(&get_dump, "aws_lc_rs::digest::sha::sha256_digest") as f64 / calls as f64;
     say(&format!(
-        "  {calls} calls each at concurrency {concurrency}: GetSecrets {get_per_call:.0}, empty RPC {empty_per_call:.0} instructions a call"
+        "  {calls} calls each at concurrency {concurrency}: GetSecrets {get_per_call:.0} (SHA-256 of its audit line: {audit_hash_per_call:.0}), empty RPC {empty_per_call:.0} instructions a call"
     ));
     Instructions {
         calls,
@@ -74,6 +95,7 @@ pub async fn run(stack: &Stack, me: &App, reference: &str, calls: usize, concurr
         get_per_call: round(get_per_call),
         empty_per_call: round(empty_per_call),
         ratio: round(get_per_call / empty_per_call),
+        audit_hash_per_call: round(audit_hash_per_call),
     }
 }
 
@@ -94,6 +116,31 @@ fn dump(dir: &Path, pid: u32, name: &str) -> u64 {
         assert!(std::time::Instant::now() < deadline, "callgrind wrote no dump for {name}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The dump written last into `dir`.
+fn newest_dump(dir: &Path) -> PathBuf {
+    dumps(dir)
+        .into_iter()
+        .max_by_key(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .expect("a callgrind dump")
+}
+
+/// Instructions of `function` and everything it called, in `dump` (by
+/// callgrind_annotate, which ships with valgrind).
+fn inclusive(dump: &Path, function: &str) -> u64 {
+    let out = Command::new("callgrind_annotate")
+        .args(["--inclusive=yes", "--threshold=100"])
+        .arg(dump)
+        .output()
+        .expect("callgrind_annotate (valgrind)");
+    assert!(out.status.success(), "callgrind_annotate: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains(&format!(":{function} ")))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.replace(',', "").parse().ok())
+        .unwrap_or(0)
 }
 
 /// The dump files callgrind has written into `dir`.

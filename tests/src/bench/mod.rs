@@ -55,10 +55,32 @@ pub struct Plan {
     /// Calls of each kind counted under callgrind.
     pub counted_calls: usize,
     pub steady: Duration,
+    /// The experiments to run; empty: all of them.
+    pub only: Vec<Experiment>,
+    /// Where the instruction counts' callgrind dumps are copied to, if anywhere.
+    pub keep: Option<PathBuf>,
+}
+
+/// The benchmark's experiments, each runnable alone (`--only`). `peer` needs
+/// the burst (its pods and tokens) and the streams (vaultlet's side of the
+/// comparison), and runs them too.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Experiment {
+    Burst,
+    Peer,
+    /// Memory with 10,000 watch streams, propagation, steady Vault calls.
+    Streams,
+    Cached,
+    Instructions,
+    Scale,
 }
 
 impl Plan {
-    pub fn new(quick: bool) -> Plan {
+    pub fn runs(&self, experiment: Experiment) -> bool {
+        self.only.is_empty() || self.only.contains(&experiment)
+    }
+
+    pub fn new(quick: bool, only: Vec<Experiment>, keep: Option<PathBuf>) -> Plan {
         if quick {
             Plan {
                 quick,
@@ -69,6 +91,8 @@ impl Plan {
                 peer_render_interval: Duration::from_secs(60),
                 counted_calls: 2_000,
                 steady: Duration::from_secs(20),
+                only,
+                keep,
             }
         } else {
             Plan {
@@ -81,22 +105,34 @@ impl Plan {
                 peer_render_interval: Duration::from_secs(300),
                 counted_calls: 5_000,
                 steady: Duration::from_secs(60),
+                only,
+                keep,
             }
         }
     }
 }
 
+/// The figures of the experiments that ran (all of them unless `--only`).
 #[derive(Serialize)]
 pub struct Report {
-    pub get_cached: Cached,
-    pub get_cached_c1: Cached,
-    pub propagation: Propagation,
-    pub burst: Burst,
-    pub memory: Memory,
-    pub steady_vault_calls_per_min: f64,
-    pub scale: scale::Scale,
-    pub peer: PeerReport,
-    pub instructions: instructions::Instructions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub get_cached: Option<Cached>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub get_cached_c1: Option<Cached>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<Propagation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<Burst>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steady_vault_calls_per_min: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<scale::Scale>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<instructions::Instructions>,
     /// The agent's flags beyond the stack's own (its limits).
     pub agent_flags: Vec<&'static str>,
     pub machine: Machine,
@@ -188,7 +224,8 @@ pub struct Machine {
     pub quick: bool,
 }
 
-/// What the chart shows.
+/// What the chart shows (empty where an experiment did not run).
+#[derive(Default)]
 pub struct Samples {
     pub floor_c1: Vec<Duration>,
     pub get_c1: Vec<Duration>,
@@ -201,6 +238,37 @@ fn say(line: &str) {
 }
 
 pub async fn run(plan: &Plan, bench_bin: &Path) -> (Report, Samples) {
+    let mut report = Report {
+        get_cached: None,
+        get_cached_c1: None,
+        propagation: None,
+        burst: None,
+        memory: None,
+        steady_vault_calls_per_min: None,
+        scale: None,
+        peer: None,
+        instructions: None,
+        agent_flags: AGENT_LIMITS.to_vec(),
+        machine: machine(plan.quick),
+    };
+    let mut samples = Samples::default();
+    let on_stack =
+        [Experiment::Burst, Experiment::Peer, Experiment::Streams, Experiment::Cached, Experiment::Instructions];
+    if on_stack.iter().any(|e| plan.runs(*e)) {
+        on_one_stack(plan, bench_bin, &mut report, &mut samples).await;
+    }
+    if plan.runs(Experiment::Scale) {
+        report.scale = Some(scale::run(plan.steady).await);
+    }
+    for s in [&mut samples.floor_c1, &mut samples.get_c1, &mut samples.recrypted, &mut samples.content] {
+        s.sort_unstable();
+    }
+    (report, samples)
+}
+
+/// Every experiment but the cluster-scale one: one stack, one agent (restarted
+/// between experiments where a fresh one is measured).
+async fn on_one_stack(plan: &Plan, bench_bin: &Path, report: &mut Report, samples: &mut Samples) {
     say("starting the stack (kube-apiserver and etcd, OpenBao, release agent)");
     let stack = Stack::start(&[KEY]).await;
     let me = stack.app(NS, "web", "bench-client").await;
@@ -225,145 +293,73 @@ pub async fn run(plan: &Plan, bench_bin: &Path) -> (Report, Samples) {
     let idle_rss_mib = rss_mib(agent.pid());
     say(&format!("idle agent: {idle_rss_mib:.1} MiB resident"));
 
-    say(&format!("burst: {} pods at once, {} secrets each, through the agent", plan.burst_pods, BURST_SECRETS.len()));
-    let refs = BURST_SECRETS.join(",");
-    let socket = stack.socket();
-    let agent_ms = burst(
-        &pods,
-        |pod| {
-            vec![
-                "pod-client".into(),
-                "--socket".into(),
-                socket.display().to_string(),
-                "--token-file".into(),
-                pod.token_file.display().to_string(),
-                "--refs".into(),
-                refs.clone(),
-            ]
-        },
-        bench_bin,
-    )
-    .await;
-    let vault_logins = stack.bao.requests_under("auth/kubernetes/login") - logins_at_start;
-    let vault_decrypts = stack.bao.requests_under("transit/decrypt/") - decrypts_at_start;
-    say(&format!("  {agent_ms:.0} ms, {vault_logins} Vault login(s), {vault_decrypts} decrypt(s)"));
-
-    say("burst baseline: the same pods the seeds' way (Kubernetes read, Vault login, decrypt each)");
-    let mut seed_tokens: Vec<PathBuf> = Vec::with_capacity(pods.len());
-    for p in &pods {
-        seed_tokens.push(vault_token(&stack, p).await);
-    }
-    let (logins_before, decrypts_before) =
-        (stack.bao.requests_under("auth/kubernetes/login"), stack.bao.requests_under("transit/decrypt/"));
-    let kubeconfig = stack.kubeconfig.clone();
-    let baseline_ms = burst_with_env(
-        &pods,
-        |pod| {
-            let i = pods.iter().position(|p| p.pod == pod.pod).expect("pod");
-            vec![
-                "seed-client".into(),
-                "--namespace".into(),
-                NS.into(),
-                "--secrets".into(),
-                refs.clone(),
-                "--vault-addr".into(),
-                stack.bao.addr.clone(),
-                "--vault-role".into(),
-                "seed-app".into(),
-                "--jwt-file".into(),
-                seed_tokens[i].display().to_string(),
-                "--transit-key".into(),
-                KEY.into(),
-            ]
-        },
-        bench_bin,
-        &[("KUBECONFIG", kubeconfig.as_os_str())],
-    )
-    .await;
-    let baseline_logins = stack.bao.requests_under("auth/kubernetes/login") - logins_before;
-    let baseline_decrypts = stack.bao.requests_under("transit/decrypt/") - decrypts_before;
-    say(&format!("  {baseline_ms:.0} ms, {baseline_logins} Vault login(s), {baseline_decrypts} decrypt(s)"));
-    let serving_rss_mib = rss_mib(agent.pid());
-
-    let peer_agents = peer::run(&stack, &pods, &seed_tokens, NS, plan.peer_render_interval, plan.steady).await;
-
-    // A fresh agent for the memory figure: its streams, not the leftovers of
-    // the bursts before (those show in `after_load_rss_mib`).
-    let _ = agent.terminate(Duration::from_secs(15));
-    agent.restart();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    say(&format!("memory: {} watch streams opened in bursts, from {} pods", plan.subscribers, WATCHER_PODS));
-    let mut streams = Watchers::open(&stack, &pods[..WATCHER_PODS], plan.subscribers / WATCHER_PODS, bench_bin).await;
-    let rss = rss_mib(agent.pid());
-    say(&format!("  {rss:.1} MiB resident"));
-
-    say(&format!(
-        "steady state: Vault calls during {} s with {} subscribers connected",
-        plan.steady.as_secs(),
-        plan.subscribers
-    ));
-    let vault_before = stack.bao.requests_under("");
-    tokio::time::sleep(plan.steady).await;
-    let calls = stack.bao.requests_under("") - vault_before;
-    let per_min = calls as f64 * 60.0 / plan.steady.as_secs_f64();
-    say(&format!("  {calls} call(s)"));
-
-    say(&format!("propagation: a rotation and an edit of the secret the {} streams watch", plan.subscribers));
-    let (recrypted, content) = propagation(&stack, &mut streams, plan.subscribers).await;
-    let (mut r, mut c) = (recrypted.clone(), content.clone());
-    let (rs, cs) = (summarize(&mut r), summarize(&mut c));
-    say(&format!(
-        "  rotation: p50 {:.1} ms, p99 {:.1} ms; edit: p50 {:.1} ms, p99 {:.1} ms",
-        rs.p50_us / 1e3,
-        rs.p99_us / 1e3,
-        cs.p50_us / 1e3,
-        cs.p99_us / 1e3
-    ));
-    let peak_mib = peak_mib(agent.pid());
-    say(&format!("  agent peak so far: {peak_mib:.1} MiB"));
-    streams.close().await;
-
-    let client = Client::connect(stack.socket())
-        .await
-        .expect("connect")
-        .with_token_source(TokenSource::File(me.token_file.clone()));
-    stack.wait_readable(&me, "hot").await;
-    say("cached read: GetSecrets of one cached secret against an empty RPC (health check)");
-    let (get_c1, floor_c1, cached_c1) = cached(&client, 1, plan.calls_c1).await;
-    let (_, _, cached_c64) = cached(&client, 64, plan.calls_c64).await;
-    for c in [&cached_c1, &cached_c64] {
+    let mut seeds = None;
+    let mut serving_rss_mib = None;
+    if plan.runs(Experiment::Burst) || plan.runs(Experiment::Peer) {
+        let refs = BURST_SECRETS.join(",");
         say(&format!(
-            "  concurrency {:>2}: p50 {} µs (floor {} µs, x{}), {} calls/s (floor {})",
-            c.concurrency, c.p50_us, c.floor_p50_us, c.ratio_p50, c.rps, c.floor_rps
+            "burst: {} pods at once, {} secrets each, through the agent",
+            plan.burst_pods,
+            BURST_SECRETS.len()
         ));
-    }
+        let socket = stack.socket();
+        let agent_ms = burst(
+            &pods,
+            |pod| {
+                vec![
+                    "pod-client".into(),
+                    "--socket".into(),
+                    socket.display().to_string(),
+                    "--token-file".into(),
+                    pod.token_file.display().to_string(),
+                    "--refs".into(),
+                    refs.clone(),
+                ]
+            },
+            bench_bin,
+        )
+        .await;
+        let vault_logins = stack.bao.requests_under("auth/kubernetes/login") - logins_at_start;
+        let vault_decrypts = stack.bao.requests_under("transit/decrypt/") - decrypts_at_start;
+        say(&format!("  {agent_ms:.0} ms, {vault_logins} Vault login(s), {vault_decrypts} decrypt(s)"));
 
-    drop(client);
-    // Past the agent's memory trim period, with every stream closed.
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    let after_load_rss_mib = rss_mib(agent.pid());
-    say(&format!("after all of it, streams closed: {after_load_rss_mib:.1} MiB resident"));
-    let _ = agent.terminate(Duration::from_secs(15));
-
-    say("instructions: the agent under callgrind, cached GetSecrets against an empty RPC");
-    let instructions = instructions::run(&stack, &me, "hot", plan.counted_calls, 8).await;
-    drop(my_cgroup);
-    drop(stack);
-    let scale = scale::run(plan.steady).await;
-
-    let report = Report {
-        get_cached: cached_c64,
-        get_cached_c1: cached_c1,
-        propagation: Propagation {
-            subscribers: plan.subscribers,
-            p50_ms: round(rs.p50_us / 1e3),
-            p99_ms: round(rs.p99_us / 1e3),
-            max_ms: round(rs.max_us / 1e3),
-            content_p50_ms: round(cs.p50_us / 1e3),
-            content_p99_ms: round(cs.p99_us / 1e3),
-            content_max_ms: round(cs.max_us / 1e3),
-        },
-        burst: Burst {
+        say("burst baseline: the same pods the seeds' way (Kubernetes read, Vault login, decrypt each)");
+        let mut seed_tokens: Vec<PathBuf> = Vec::with_capacity(pods.len());
+        for p in &pods {
+            seed_tokens.push(vault_token(&stack, p).await);
+        }
+        let (logins_before, decrypts_before) =
+            (stack.bao.requests_under("auth/kubernetes/login"), stack.bao.requests_under("transit/decrypt/"));
+        let kubeconfig = stack.kubeconfig.clone();
+        let baseline_ms = burst_with_env(
+            &pods,
+            |pod| {
+                let i = pods.iter().position(|p| p.pod == pod.pod).expect("pod");
+                vec![
+                    "seed-client".into(),
+                    "--namespace".into(),
+                    NS.into(),
+                    "--secrets".into(),
+                    refs.clone(),
+                    "--vault-addr".into(),
+                    stack.bao.addr.clone(),
+                    "--vault-role".into(),
+                    "seed-app".into(),
+                    "--jwt-file".into(),
+                    seed_tokens[i].display().to_string(),
+                    "--transit-key".into(),
+                    KEY.into(),
+                ]
+            },
+            bench_bin,
+            &[("KUBECONFIG", kubeconfig.as_os_str())],
+        )
+        .await;
+        let baseline_logins = stack.bao.requests_under("auth/kubernetes/login") - logins_before;
+        let baseline_decrypts = stack.bao.requests_under("transit/decrypt/") - decrypts_before;
+        say(&format!("  {baseline_ms:.0} ms, {baseline_logins} Vault login(s), {baseline_decrypts} decrypt(s)"));
+        serving_rss_mib = Some(rss_mib(agent.pid()));
+        report.burst = Some(Burst {
             pods: plan.burst_pods,
             secrets: BURST_SECRETS.len(),
             vault_logins,
@@ -372,36 +368,127 @@ pub async fn run(plan: &Plan, bench_bin: &Path) -> (Report, Samples) {
             baseline_decrypts,
             ms: round(agent_ms),
             baseline_ms: round(baseline_ms),
-        },
-        memory: Memory {
+        });
+        seeds = Some((seed_tokens, SeedsSide { vault_logins: baseline_logins, vault_decrypts: baseline_decrypts }));
+    }
+
+    let peer_agents = match &seeds {
+        Some((tokens, _)) if plan.runs(Experiment::Peer) => {
+            Some(peer::run(&stack, &pods, tokens, NS, plan.peer_render_interval, plan.steady).await)
+        }
+        _ => None,
+    };
+
+    let mut pushed = None;
+    let mut peak = None;
+    if plan.runs(Experiment::Streams) || plan.runs(Experiment::Peer) {
+        // A fresh agent for the memory figure: its streams, not the leftovers of
+        // the bursts before (those show in `after_load_rss_mib`).
+        let _ = agent.terminate(Duration::from_secs(15));
+        agent.restart();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        say(&format!("memory: {} watch streams opened in bursts, from {} pods", plan.subscribers, WATCHER_PODS));
+        let mut streams =
+            Watchers::open(&stack, &pods[..WATCHER_PODS], plan.subscribers / WATCHER_PODS, bench_bin).await;
+        let rss = rss_mib(agent.pid());
+        say(&format!("  {rss:.1} MiB resident"));
+
+        say(&format!(
+            "steady state: Vault calls during {} s with {} subscribers connected",
+            plan.steady.as_secs(),
+            plan.subscribers
+        ));
+        let vault_before = stack.bao.requests_under("");
+        tokio::time::sleep(plan.steady).await;
+        let calls = stack.bao.requests_under("") - vault_before;
+        let per_min = calls as f64 * 60.0 / plan.steady.as_secs_f64();
+        say(&format!("  {calls} call(s)"));
+
+        say(&format!("propagation: a rotation and an edit of the secret the {} streams watch", plan.subscribers));
+        let (recrypted, content) = propagation(&stack, &mut streams, plan.subscribers).await;
+        let (mut r, mut c) = (recrypted.clone(), content.clone());
+        let (rs, cs) = (summarize(&mut r), summarize(&mut c));
+        say(&format!(
+            "  rotation: p50 {:.1} ms, p99 {:.1} ms; edit: p50 {:.1} ms, p99 {:.1} ms",
+            rs.p50_us / 1e3,
+            rs.p99_us / 1e3,
+            cs.p50_us / 1e3,
+            cs.p99_us / 1e3
+        ));
+        let peak_mib = peak_mib(agent.pid());
+        say(&format!("  agent peak so far: {peak_mib:.1} MiB"));
+        streams.close().await;
+        (samples.recrypted, samples.content) = (recrypted, content);
+        report.propagation = Some(Propagation {
+            subscribers: plan.subscribers,
+            p50_ms: round(rs.p50_us / 1e3),
+            p99_ms: round(rs.p99_us / 1e3),
+            max_ms: round(rs.max_us / 1e3),
+            content_p50_ms: round(cs.p50_us / 1e3),
+            content_p99_ms: round(cs.p99_us / 1e3),
+            content_max_ms: round(cs.max_us / 1e3),
+        });
+        report.steady_vault_calls_per_min = Some(per_min);
+        pushed = Some((rs, cs, per_min));
+        peak = Some((rss, peak_mib));
+    }
+
+    if let (Some(bao_agent), Some((_, seeds)), Some((rs, cs, per_min)), Some(memory_mib)) =
+        (peer_agents, seeds, &pushed, serving_rss_mib)
+    {
+        report.peer = Some(PeerReport {
+            pods: plan.burst_pods,
+            vaultlet: VaultletSide {
+                rotation_p99_ms: round(rs.p99_us / 1e3),
+                content_p99_ms: round(cs.p99_us / 1e3),
+                steady_vault_requests_per_min: *per_min,
+                memory_mib: round(memory_mib),
+            },
+            bao_agent,
+            seeds,
+        });
+    }
+
+    if plan.runs(Experiment::Cached) {
+        let client = Client::connect(stack.socket())
+            .await
+            .expect("connect")
+            .with_token_source(TokenSource::File(me.token_file.clone()));
+        stack.wait_readable(&me, "hot").await;
+        say("cached read: GetSecrets of one cached secret against an empty RPC (health check)");
+        let (get_c1, floor_c1, cached_c1) = cached(&client, 1, plan.calls_c1).await;
+        let (_, _, cached_c64) = cached(&client, 64, plan.calls_c64).await;
+        for c in [&cached_c1, &cached_c64] {
+            say(&format!(
+                "  concurrency {:>2}: p50 {} µs (floor {} µs, x{}), {} calls/s (floor {})",
+                c.concurrency, c.p50_us, c.floor_p50_us, c.ratio_p50, c.rps, c.floor_rps
+            ));
+        }
+        (samples.get_c1, samples.floor_c1) = (get_c1, floor_c1);
+        (report.get_cached_c1, report.get_cached) = (Some(cached_c1), Some(cached_c64));
+    }
+
+    if let Some((rss, peak_mib)) = peak {
+        // Past the agent's memory trim period, with every stream closed.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let after_load_rss_mib = rss_mib(agent.pid());
+        say(&format!("after all of it, streams closed: {after_load_rss_mib:.1} MiB resident"));
+        report.memory = Some(Memory {
             streams: plan.subscribers,
             rss_mib: round(rss),
             peak_mib: round(peak_mib),
             idle_rss_mib: round(idle_rss_mib),
             after_load_rss_mib: round(after_load_rss_mib),
-        },
-        steady_vault_calls_per_min: per_min,
-        scale,
-        peer: PeerReport {
-            pods: plan.burst_pods,
-            vaultlet: VaultletSide {
-                rotation_p99_ms: round(rs.p99_us / 1e3),
-                content_p99_ms: round(cs.p99_us / 1e3),
-                steady_vault_requests_per_min: per_min,
-                memory_mib: round(serving_rss_mib),
-            },
-            bao_agent: peer_agents,
-            seeds: SeedsSide { vault_logins: baseline_logins, vault_decrypts: baseline_decrypts },
-        },
-        instructions,
-        agent_flags: AGENT_LIMITS.to_vec(),
-        machine: machine(plan.quick),
-    };
-    let mut samples = Samples { floor_c1, get_c1, recrypted, content };
-    for s in [&mut samples.floor_c1, &mut samples.get_c1, &mut samples.recrypted, &mut samples.content] {
-        s.sort_unstable();
+        });
     }
-    (report, samples)
+    let _ = agent.terminate(Duration::from_secs(15));
+
+    if plan.runs(Experiment::Instructions) {
+        say("instructions: the agent under callgrind, cached GetSecrets against an empty RPC");
+        report.instructions =
+            Some(instructions::run(&stack, &me, "hot", plan.counted_calls, 8, plan.keep.as_deref()).await);
+    }
+    drop(my_cgroup);
 }
 
 /// A Vault role for the baseline: the app's own service account logs in itself.

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vaultlet_tests::bench::{self, Plan, chart};
+use vaultlet_tests::bench::{self, Experiment, Plan, chart};
 
 #[derive(Parser)]
 #[command(about = "Measure vaultlet's figures against their baselines (see the README's Performance section)")]
@@ -24,6 +24,13 @@ struct Args {
     /// Write the chart (SVG) here [default: the JSON path with .svg].
     #[arg(long, value_name = "PATH")]
     svg: Option<PathBuf>,
+    /// Run only these experiments (repeat, or separate with commas); the JSON
+    /// then holds only their keys, and no chart is drawn.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "EXPERIMENT")]
+    only: Vec<Experiment>,
+    /// Copy the instruction experiment's callgrind dumps here (for callgrind_annotate).
+    #[arg(long, value_name = "DIR")]
+    keep_callgrind: Option<PathBuf>,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -63,7 +70,7 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let me = std::env::current_exe().expect("own path");
-    let plan = Plan::new(args.quick);
+    let plan = Plan::new(args.quick, args.only, args.keep_callgrind);
     let started = std::time::Instant::now();
     let (report, samples) = bench::run(&plan, &me).await;
     let json = serde_json::to_string_pretty(&report).expect("report");
@@ -72,10 +79,10 @@ async fn main() -> ExitCode {
         std::fs::write(path, format!("{json}\n")).expect("write the JSON report");
     }
     let svg_path = args.svg.or_else(|| args.json.as_ref().map(|p| p.with_extension("svg")));
-    if let Some(path) = svg_path {
+    if let (Some(path), Some(cached), Some(propagation)) = (svg_path, &report.get_cached_c1, &report.propagation) {
         let note = format!(
-            "{} cores, {}; cached read at concurrency 1; propagation to {} subscribers",
-            report.machine.cpus, report.machine.cpu, report.propagation.subscribers
+            "{} cores, {}; cached read at concurrency {}; propagation to {} subscribers",
+            report.machine.cpus, report.machine.cpu, cached.concurrency, propagation.subscribers
         );
         let svg = chart::render(
             "Cached GetSecrets vs empty RPC (latency CDF)",
