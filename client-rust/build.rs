@@ -19,10 +19,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
-        .build_server(std::env::var_os("CARGO_FEATURE_SERVER").is_some())
+        .build_server(false)
         .build_client(true)
         .codec_path("crate::codec::SmallBufferCodec")
         .file_descriptor_set_path(out_dir.join("vaultlet_v1_descriptor.bin"))
-        .compile_protos(&[proto], &[proto_root])?;
+        .compile_protos(&[&proto], &[&proto_root])?;
+    if std::env::var_os("CARGO_FEATURE_SERVER").is_some() {
+        // The server trait, over the messages generated above, except that it
+        // sends `SecretEvent`s in their pre-encoded form (see `encoded`).
+        let server_dir = out_dir.join("server");
+        std::fs::create_dir_all(&server_dir)?;
+        tonic_prost_build::configure()
+            .build_server(true)
+            .build_client(false)
+            .codec_path("crate::codec::SmallBufferCodec")
+            .extern_path(".vaultlet.v1.SecretEvent", "crate::encoded::EncodedEvent")
+            .extern_path(".vaultlet.v1", "crate::proto")
+            .out_dir(&server_dir)
+            .compile_protos(&[&proto], &[&proto_root])?;
+    }
     Ok(())
 }

@@ -23,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Mutex, OnceCell, watch};
 
 use crate::secret::{SecretId, SecretVersion};
-use crate::source::{ChangeReceiver, Held, Loaded, SecretSource, Unavailable};
+use crate::source::{Change, ChangeReceiver, Held, Loaded, SecretSource, Unavailable};
 
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -75,11 +75,10 @@ impl SecretState {
 }
 
 struct Entry {
+    /// Also marked changed, with the same state, whenever the source announces
+    /// that who may read the secret changed, before it is loaded again:
+    /// subscribers then check their access, even when no new value follows.
     state: OnceCell<watch::Sender<Arc<Published>>>,
-    /// Bumped whenever the source announces a change of the secret, before it
-    /// is loaded: an annotation edit may change who may read it, even when no
-    /// new value follows.
-    touched: watch::Sender<u64>,
     /// Serializes loads of one secret, so an older load never overwrites a newer.
     loading: Mutex<()>,
     retries: AtomicU32,
@@ -91,7 +90,6 @@ impl Default for Entry {
     fn default() -> Self {
         Entry {
             state: OnceCell::new(),
-            touched: watch::Sender::new(0),
             loading: Mutex::new(()),
             retries: AtomicU32::new(0),
             last_read: AtomicU64::new(0),
@@ -99,12 +97,9 @@ impl Default for Entry {
     }
 }
 
-/// What a subscriber follows of one secret: its states, and the announcements
-/// of changes to it (see `Entry::touched`).
-pub struct Subscription {
-    pub states: watch::Receiver<Arc<Published>>,
-    pub touched: watch::Receiver<u64>,
-}
+/// What a subscriber follows of one secret: its states, and (the same state
+/// again) the announcements that its readers changed (see `Entry::state`).
+pub type Subscription = watch::Receiver<Arc<Published>>;
 
 pub struct Cache {
     source: Arc<dyn SecretSource>,
@@ -138,12 +133,11 @@ impl Cache {
         Ok(self.sender(&entry, id).await?.borrow().clone())
     }
 
-    /// Receivers that see every later state of `id` (the latest, when they
-    /// lag) and every announced change of it.
+    /// A receiver that sees every later state of `id` (the latest, when it
+    /// lags) and every announced change of it.
     pub async fn subscribe(&self, id: &SecretId) -> Result<Subscription, Unavailable> {
         let entry = self.entry(id);
-        let states = self.sender(&entry, id).await?.subscribe();
-        Ok(Subscription { states, touched: entry.touched.subscribe() })
+        Ok(self.sender(&entry, id).await?.subscribe())
     }
 
     fn entry(&self, id: &SecretId) -> Arc<Entry> {
@@ -188,10 +182,10 @@ impl Cache {
         let mut sweep = tokio::time::interval(every);
         loop {
             tokio::select! {
-                id = changes.recv() => match id {
+                change = changes.recv() => match change {
                     // Secrets nobody asked for cost nothing, not even a task.
-                    Some(id) if self.entries.read().expect("cache lock").contains_key(&id) => {
-                        tokio::spawn(self.clone().refresh(id));
+                    Some(change) if self.entries.read().expect("cache lock").contains_key(&change.id) => {
+                        tokio::spawn(self.clone().refresh(change));
                     }
                     Some(_) => {}
                     None => return,
@@ -201,10 +195,19 @@ impl Cache {
         }
     }
 
-    /// Reloads `id` if somebody asked for it, and publishes the new state if it
-    /// differs. A backend outage keeps the last state and retries with backoff.
-    pub fn refresh(self: Arc<Self>, id: SecretId) -> BoxFuture<'static, ()> {
-        self.refresh_seen(id, Instant::now())
+    /// Reloads the changed secret if somebody asked for it, and publishes the
+    /// new state if it differs. A backend outage keeps the last state and
+    /// retries with backoff.
+    pub fn refresh(self: Arc<Self>, change: Change) -> BoxFuture<'static, ()> {
+        if change.access
+            && let Some(tx) = self.entries.read().expect("cache lock").get(&change.id).and_then(|e| e.state.get())
+        {
+            // Who may read it changed: subscribers check at once, even if
+            // the load takes long or fails (a content change needs no such
+            // wake: its new state wakes them, and they check then).
+            tx.send_modify(|_| {});
+        }
+        self.refresh_seen(change.id, Instant::now())
     }
 
     /// `refresh` of a change first seen at `seen` (a retry keeps the instant;
@@ -214,9 +217,8 @@ impl Cache {
             let Some(entry) = self.entries.read().expect("cache lock").get(&id).cloned() else {
                 return;
             };
-            entry.touched.send_modify(|n| *n += 1);
-            let _serial = entry.loading.lock().await;
             let Some(tx) = entry.state.get() else { return };
+            let _serial = entry.loading.lock().await;
             let published = tx.borrow().clone();
             let current = &published.state;
             let held = Held { revision: current.attempted_revision(), version: current.good().map(|v| &**v) };
@@ -322,6 +324,11 @@ mod tests {
         }
     }
 
+    /// A change announced for `id`, its readers included.
+    fn changed(id: &SecretId) -> Change {
+        Change { id: id.clone(), access: true }
+    }
+
     fn values(published: &Published) -> String {
         use secrecy::ExposeSecret;
         match &published.state {
@@ -352,17 +359,18 @@ mod tests {
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
         let cache = Cache::new(src.clone(), Duration::from_secs(600), Gauge::default());
-        let mut rx = cache.subscribe(&id).await.unwrap().states;
+        let mut rx = cache.subscribe(&id).await.unwrap();
         let first = rx.borrow_and_update().clone();
 
-        // Same revision: nothing is decoded, nothing published.
-        cache.clone().refresh(id.clone()).await;
-        assert!(!rx.has_changed().unwrap());
+        // Same revision: nothing is decoded, nothing new published (the
+        // announcement only marks the same state changed).
+        cache.clone().refresh(changed(&id)).await;
+        assert!(Arc::ptr_eq(&first, &rx.borrow_and_update()));
         assert_eq!(src.decodes.load(Ordering::SeqCst), 1);
 
         // New revision, same content (a re-encryption): the document is shared.
         src.set(&id, "22", r#"{"a":"1"}"#);
-        cache.clone().refresh(id.clone()).await;
+        cache.clone().refresh(changed(&id)).await;
         let second = rx.borrow_and_update().clone();
         let (SecretState::Ready { version: v1, .. }, SecretState::Ready { version: v2, .. }) =
             (&first.state, &second.state)
@@ -374,7 +382,7 @@ mod tests {
 
         // New content: a new document.
         src.set(&id, "333", r#"{"a":"2"}"#);
-        cache.clone().refresh(id.clone()).await;
+        cache.clone().refresh(changed(&id)).await;
         let third = rx.borrow_and_update().clone();
         assert_eq!(values(&third), "a=2");
     }
@@ -388,7 +396,7 @@ mod tests {
         cache.state(&id).await.unwrap();
         src.set(&id, "2", "ignored");
         *src.broken.lock().unwrap() = true;
-        cache.clone().refresh(id.clone()).await;
+        cache.clone().refresh(changed(&id)).await;
         let state = cache.state(&id).await.unwrap();
         let SecretState::Ready { error: Some(e), .. } = &state.state else { panic!("expected last good + error") };
         assert_eq!(e.revision, "2");
@@ -396,7 +404,7 @@ mod tests {
         // Recovery on the next good revision.
         *src.broken.lock().unwrap() = false;
         src.set(&id, "3", r#"{"a":"3"}"#);
-        cache.clone().refresh(id.clone()).await;
+        cache.clone().refresh(changed(&id)).await;
         let state = cache.state(&id).await.unwrap();
         assert!(matches!(&state.state, SecretState::Ready { error: None, .. }));
         assert_eq!(values(&state), "a=3");
@@ -408,16 +416,17 @@ mod tests {
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
         let cache = Cache::new(src.clone(), Duration::from_secs(600), Gauge::default());
-        let mut rx = cache.subscribe(&id).await.unwrap().states;
+        let mut rx = cache.subscribe(&id).await.unwrap();
         assert!(rx.borrow_and_update().seen.is_none(), "a first load is no change");
         *src.down.lock().unwrap() = true;
         src.set(&id, "2", r#"{"a":"2"}"#);
         let announced = Instant::now();
-        cache.clone().refresh(id.clone()).await;
+        cache.clone().refresh(changed(&id)).await;
         assert_eq!(values(&cache.state(&id).await.unwrap()), "a=1");
         *src.down.lock().unwrap() = false;
-        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await.expect("retried").unwrap();
-        assert_eq!(values(&rx.borrow()), "a=2");
+        // The announcement wakes subscribers at once; the new state follows the retry.
+        let retried = rx.wait_for(|p| values(p) == "a=2");
+        tokio::time::timeout(Duration::from_secs(5), retried).await.expect("retried").unwrap();
         let seen = rx.borrow().seen.expect("a change is stamped");
         assert!(seen >= announced && seen < announced + RETRY_FIRST, "stamped when announced, not when retried");
     }
@@ -428,7 +437,7 @@ mod tests {
         let size = Gauge::default();
         let cache = Cache::new(src.clone(), Duration::from_secs(600), size.clone());
         let id = SecretId::new("default", "nope");
-        cache.clone().refresh(id.clone()).await;
+        cache.clone().refresh(changed(&id)).await;
         assert_eq!(size.get(), 0, "a change to a secret nobody asked for costs nothing");
         assert!(matches!(cache.state(&id).await.unwrap().state, SecretState::Absent));
         assert_eq!(size.get(), 1);
@@ -473,9 +482,12 @@ mod tests {
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
         let cache = Cache::new(src.clone(), Duration::from_secs(600), Gauge::default());
-        let sub = cache.subscribe(&id).await.unwrap();
-        cache.clone().refresh(id.clone()).await;
-        assert!(sub.touched.has_changed().unwrap(), "a metadata-only change still wakes subscribers");
-        assert!(!sub.states.has_changed().unwrap(), "but publishes no new state");
+        let mut sub = cache.subscribe(&id).await.unwrap();
+        let before = sub.borrow_and_update().clone();
+        cache.clone().refresh(changed(&id)).await;
+        assert!(sub.has_changed().unwrap(), "a change of readers wakes subscribers, whatever the load finds");
+        assert!(Arc::ptr_eq(&before, &sub.borrow_and_update()), "but publishes no new state");
+        cache.clone().refresh(Change { id: id.clone(), access: false }).await;
+        assert!(!sub.has_changed().unwrap(), "a new revision with the same content and readers wakes nobody");
     }
 }

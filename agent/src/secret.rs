@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
+use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use vaultlet_client::SecretRef;
 use vaultlet_client::proto;
@@ -50,6 +51,25 @@ pub struct SecretVersion {
     /// Decrypted from ciphertext bound to no place (a legacy Secret served in
     /// its namespace's migration window): every read of it is audited as such.
     pub unbound: bool,
+    /// What each reference asked of this version sees, worked out once for
+    /// every subscriber of a change (the fan-out's cost follows references,
+    /// not subscribers). Dropped, and zeroized, with the version.
+    pub views: Views,
+}
+
+/// References a version's views are kept for; past that (a caller making up
+/// references), views are worked out each time and not kept.
+const VIEWS_KEPT: usize = 64;
+
+#[derive(Default)]
+pub struct Views(Mutex<Vec<(SecretRef, Arc<ViewMemo>)>>);
+
+/// What one reference sees of a version.
+pub struct ViewMemo {
+    /// The key version of the documents it selects, or why it cannot be served.
+    pub key_version: Result<u32, ProjectionError>,
+    /// Its wire encoding (values included), once a stream needed it.
+    pub wire: OnceLock<Arc<Zeroizing<Vec<u8>>>>,
 }
 
 /// What a reference is not allowed to ask of a version.
@@ -170,6 +190,20 @@ impl SecretVersion {
         Ok(View { values, raw, key_version, format })
     }
 
+    /// What `r` sees of this version (worked out on the first call for `r`).
+    pub fn view(&self, id: &SecretId, r: &SecretRef) -> Arc<ViewMemo> {
+        let mut views = self.views.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, memo)) = views.iter().find(|(kept, _)| kept == r) {
+            return memo.clone();
+        }
+        let memo =
+            Arc::new(ViewMemo { key_version: self.project(id, r).map(|v| v.key_version), wire: OnceLock::new() });
+        if views.len() < VIEWS_KEPT {
+            views.push((r.clone(), memo.clone()));
+        }
+        memo
+    }
+
     /// True when `r` sees the same values in both versions.
     pub fn same_view(&self, other: &SecretVersion, id: &SecretId, r: &SecretRef) -> bool {
         let (Ok(a), Ok(b)) = (self.selected(id, r), other.selected(id, r)) else {
@@ -203,6 +237,7 @@ pub(crate) mod tests {
     pub fn version(revision: &str, docs: &[(&str, u32, &str)]) -> SecretVersion {
         SecretVersion {
             unbound: false,
+            views: Views::default(),
             revision: revision.into(),
             documents: docs
                 .iter()

@@ -18,9 +18,19 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vaultlet_v1_descriptor");
 }
 
+#[cfg(feature = "server")]
+pub mod server {
+    //! The `Secrets` server trait (for the agent): `proto`'s messages, but
+    //! `WatchSecrets` sends `EncodedEvent`s.
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/server/vaultlet.v1.rs"));
+}
+
 mod client;
 #[doc(hidden)]
 pub mod codec;
+#[cfg(feature = "server")]
+pub mod encoded;
 mod error;
 pub mod reference;
 mod secret;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use vaultlet_client::proto;
-use vaultlet_client::proto::secrets_server::SecretsServer;
+use vaultlet_client::server::secrets_server::SecretsServer;
 
 mod authorize;
 mod encode;

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 use vaultlet_client::codec::Wipe;
-use vaultlet_client::proto::secrets_server::Secrets;
+use vaultlet_client::encoded::EncodedEvent;
 use vaultlet_client::proto::{self};
+use vaultlet_client::server::secrets_server::Secrets;
 use vaultlet_client::{FEATURES_METADATA, INDEXED_TOKEN, SecretRef, code_name};
 
 use super::authorize::authorize;
@@ -45,9 +46,11 @@ pub struct Parts {
 pub struct SecretsService {
     parts: Arc<Parts>,
     counters: Counters,
+    /// Changes whenever every open watch checks its access again (see `watch::rechecks`).
+    rechecks: tokio::sync::watch::Receiver<u64>,
 }
 
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::SecretEvent, Status>> + Send>>;
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedEvent, Status>> + Send>>;
 
 const DECISIONS: [Decision; 7] = [
     Decision::Allowed,
@@ -132,9 +135,11 @@ impl Call {
 }
 
 impl SecretsService {
+    /// Needs a Tokio runtime: it starts the task behind `rechecks`.
     pub fn new(parts: Parts) -> Self {
         let counters = Counters::new(&parts.metrics);
-        SecretsService { parts: Arc::new(parts), counters }
+        let rechecks = watch::rechecks(&parts);
+        SecretsService { parts: Arc::new(parts), counters, rechecks }
     }
 
     pub fn parts(&self) -> &Arc<Parts> {
@@ -271,7 +276,7 @@ impl SecretsService {
         let written = self.commit(call, outcome.as_ref().err()).await;
         let result = match (outcome, written) {
             (Ok((caller, watched, slot)), Ok(())) => {
-                Ok(announced(watch::stream(&self.parts, caller, watched, slot, record)))
+                Ok(announced(watch::stream(&self.parts, self.rechecks.clone(), caller, watched, slot, record)))
             }
             (Ok(_), Err(e)) => Err(ServiceError::from(e).into()),
             (Err(e), _) => Err(e.into()),

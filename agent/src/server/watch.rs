@@ -3,19 +3,26 @@
 //! `PERMISSION_DENIED` (the grant is gone) or `UNAUTHENTICATED` (token expired,
 //! pod gone: the clients reconnect with the rotated token), and is audited.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use vaultlet_client::encoded::EncodedEvent;
 
 use super::encode::encode_event;
 use super::service::{EventStream, Parts};
-use crate::audit::{Decision, Record};
-use crate::hub::{self, Authorize, Item, Revoked, Watched};
+use crate::audit::{AuditLog, Decision, Record};
+use crate::hub::{self, Authorize, Events, Item, Revoked, Watched};
 use crate::identity::{Authenticator, Caller};
 use crate::limits::Slot;
-use crate::metrics::Open;
+use crate::metrics::{Metrics, Open};
 use crate::policy::Policy;
 use crate::secret::SecretId;
 
@@ -41,48 +48,112 @@ impl Authorize for Guard {
     }
 }
 
+/// One channel that changes whenever every open watch must check its access
+/// again (pods gone, a policy reload) or end (the agent shuts down), so that
+/// each stream waits on one channel rather than on each of them.
+pub fn rechecks(parts: &Parts) -> watch::Receiver<u64> {
+    let (tx, rx) = watch::channel(0);
+    let sources: Vec<_> = parts.auth.changes().into_iter().chain(parts.policy.changes()).collect();
+    let mut changes = futures::stream::select_all(sources.into_iter().map(WatchStream::from_changes));
+    let shutdown = parts.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(_) = changes.next() => tx.send_modify(|n| *n += 1),
+            }
+        }
+        tx.send_modify(|n| *n += 1);
+    });
+    rx
+}
+
 /// The stream of `watched` for `caller`, holding its place among the peer's
 /// streams (`slot`) until it ends. `opened` is the record of the call that
 /// opened it: a revocation is recorded in its terms.
 pub fn stream(
     parts: &Arc<Parts>,
+    rechecks: watch::Receiver<u64>,
     caller: Arc<Caller>,
     watched: Vec<Watched>,
     slot: Slot,
     opened: Record,
 ) -> EventStream {
-    let mut wakes = Vec::new();
-    wakes.extend(parts.auth.changes());
-    wakes.extend(parts.policy.changes());
     let until = caller.valid_until.map(|t| Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default());
     let guard = Arc::new(Guard { caller, auth: parts.auth.clone(), policy: parts.policy.clone() });
-    let held = (Open::new(&parts.metrics.watch_streams), slot);
-    let (audit, metrics) = (parts.audit.clone(), parts.metrics.clone());
-    let delays = metrics.latency.propagation.clone();
-    let events = hub::events(watched, guard, wakes, until, delays).then(move |item| {
-        let _held = &held;
-        let (audit, metrics, opened) = (audit.clone(), metrics.clone(), opened.clone());
-        async move {
-            match item {
-                Item::Event(e) => Ok(encode_event(e)),
-                Item::Revoked(r) => {
-                    metrics.watch_revocations.inc();
-                    tracing::info!(caller = opened.caller.as_deref(), reason = %r.reason, "watch revoked");
+    let delays = parts.metrics.latency.propagation.clone();
+    Box::pin(Watch {
+        events: hub::events(watched, guard, Some(rechecks), until, delays),
+        shutdown: parts.shutdown.clone(),
+        ending: None,
+        audit: parts.audit.clone(),
+        metrics: parts.metrics.clone(),
+        opened,
+        _held: (Open::new(&parts.metrics.watch_streams), slot),
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// One open watch: a single allocation, polled by hand (see `hub`).
+    struct Watch {
+        #[pin]
+        events: Events,
+        // Streams end when the agent shuts down, so that clients reconnect to the next one.
+        shutdown: CancellationToken,
+        // A revocation being audited; the stream ends with its status.
+        ending: Option<BoxFuture<'static, Status>>,
+        audit: Option<AuditLog>,
+        metrics: Arc<Metrics>,
+        opened: Record,
+        _held: (Open, Slot),
+    }
+}
+
+impl Stream for Watch {
+    type Item = Result<EncodedEvent, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        if let Some(ending) = this.ending.as_mut() {
+            let status = std::task::ready!(ending.poll_unpin(cx));
+            *this.ending = None;
+            return Poll::Ready(Some(Err(status)));
+        }
+        if this.shutdown.is_cancelled() {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(this.events.as_mut().poll_next(cx)) {
+            None => Poll::Ready(None),
+            Some(Item::Event(e)) => {
+                let (id, reference) = this.events.as_ref().get_ref().target(&e);
+                Poll::Ready(Some(Ok(encode_event(e, id, reference))))
+            }
+            Some(Item::Revoked(r)) => {
+                this.metrics.watch_revocations.inc();
+                tracing::info!(caller = this.opened.caller.as_deref(), reason = %r.reason, "watch revoked");
+                let mut record = Record {
+                    decision: Decision::Revoked,
+                    status: Some(vaultlet_client::code_name(r.code)),
+                    ..this.opened.clone()
+                };
+                record.set_reason(&r.reason);
+                let audit = this.audit.clone();
+                let mut ending = async move {
+                    // The stream ends either way: no value follows a revocation.
                     if let Some(log) = audit {
-                        let mut record = Record {
-                            decision: Decision::Revoked,
-                            status: Some(vaultlet_client::code_name(r.code)),
-                            ..opened
-                        };
-                        record.set_reason(&r.reason);
-                        // The stream ends either way: no value follows a revocation.
                         let _ = log.commit(record).await;
                     }
-                    Err(Status::new(r.code, r.message))
+                    Status::new(r.code, r.message)
+                }
+                .boxed();
+                match ending.poll_unpin(cx) {
+                    Poll::Ready(status) => Poll::Ready(Some(Err(status))),
+                    Poll::Pending => {
+                        *this.ending = Some(ending);
+                        Poll::Pending
+                    }
                 }
             }
         }
-    });
-    // Streams end when the agent shuts down, so that clients reconnect to the next one.
-    Box::pin(events.take_until(parts.shutdown.clone().cancelled_owned()))
+    }
 }

@@ -16,8 +16,8 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use vaultlet_client::reference::{is_dns_label, is_dns_subdomain};
 
-use super::{ChangeSender, Held, LoadFuture, Loaded, SecretSource};
-use crate::secret::{DocumentVersion, SecretId, SecretVersion};
+use super::{Change, ChangeSender, Held, LoadFuture, Loaded, SecretSource};
+use crate::secret::{DocumentVersion, SecretId, SecretVersion, Views};
 use vaultlet_parse::document::{Document, Format, MAX_DOCUMENT_BYTES};
 
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -111,7 +111,7 @@ impl FileSource {
                 }
             }
         }
-        Loaded::Version(SecretVersion { revision, documents, unbound: false })
+        Loaded::Version(SecretVersion { revision, documents, unbound: false, views: Views::default() })
     }
 }
 
@@ -242,8 +242,9 @@ async fn forward_changes(
             ids.extend(now.iter().cloned());
             seen.extend(now);
         }
+        // Development mode reads no access from files: only content changes.
         for id in ids {
-            if changes.send(id).is_err() {
+            if changes.send(Change { id, access: false }).is_err() {
                 return;
             }
         }
@@ -309,8 +310,8 @@ mod tests {
         let _src = FileSource::start(dir.path(), tx).unwrap();
         async fn wait_for(rx: &mut super::super::ChangeReceiver, want: SecretId) {
             let found = async {
-                while let Some(id) = rx.recv().await {
-                    if id == want {
+                while let Some(change) = rx.recv().await {
+                    if change.id == want {
                         return;
                     }
                 }

@@ -11,8 +11,17 @@ pub mod kube;
 
 /// Sources announce changed secrets on this channel; the cache reloads the ones
 /// somebody asked for.
-pub type ChangeSender = mpsc::UnboundedSender<SecretId>;
-pub type ChangeReceiver = mpsc::UnboundedReceiver<SecretId>;
+pub type ChangeSender = mpsc::UnboundedSender<Change>;
+pub type ChangeReceiver = mpsc::UnboundedReceiver<Change>;
+
+/// A secret that changed (or appeared, or went).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub id: SecretId,
+    /// Who may read it may have changed (its readers' annotation, or it went):
+    /// open watches check their access at once, before it is loaded again.
+    pub access: bool,
+}
 
 pub fn change_channel() -> (ChangeSender, ChangeReceiver) {
     mpsc::unbounded_channel()

@@ -162,6 +162,8 @@ pub struct Propagation {
     pub content_p50_ms: f64,
     pub content_p99_ms: f64,
     pub content_max_ms: f64,
+    /// CPU spent from the rotation's write until every subscriber held it.
+    pub rotation_cpu: Cpu,
 }
 
 #[derive(Serialize)]
@@ -405,7 +407,7 @@ async fn on_one_stack(plan: &Plan, bench_bin: &Path, report: &mut Report, sample
         say(&format!("  {calls} call(s)"));
 
         say(&format!("propagation: a rotation and an edit of the secret the {} streams watch", plan.subscribers));
-        let (recrypted, content) = propagation(&stack, &mut streams, plan.subscribers).await;
+        let (recrypted, content, cpu) = propagation(&stack, &mut streams, plan.subscribers, agent.pid()).await;
         let (mut r, mut c) = (recrypted.clone(), content.clone());
         let (rs, cs) = (summarize(&mut r), summarize(&mut c));
         say(&format!(
@@ -414,6 +416,10 @@ async fn on_one_stack(plan: &Plan, bench_bin: &Path, report: &mut Report, sample
             rs.p99_us / 1e3,
             cs.p50_us / 1e3,
             cs.p99_us / 1e3
+        ));
+        say(&format!(
+            "  CPU for the rotation's events: agent {:.0} ms, the watchers' processes {:.0} ms",
+            cpu.agent_ms, cpu.watchers_ms
         ));
         let peak_mib = peak_mib(agent.pid());
         say(&format!("  agent peak so far: {peak_mib:.1} MiB"));
@@ -427,6 +433,7 @@ async fn on_one_stack(plan: &Plan, bench_bin: &Path, report: &mut Report, sample
             content_p50_ms: round(cs.p50_us / 1e3),
             content_p99_ms: round(cs.p99_us / 1e3),
             content_max_ms: round(cs.max_us / 1e3),
+            rotation_cpu: cpu,
         });
         report.steady_vault_calls_per_min = Some(per_min);
         pushed = Some((rs, cs, per_min));
@@ -641,18 +648,52 @@ where
 
 /// A rotation and an edit of `hot`, each timed from the write to the API
 /// server until every one of the watchers' `subscribers` streams holds it.
-async fn propagation(stack: &Stack, watchers: &mut Watchers, subscribers: usize) -> (Vec<Duration>, Vec<Duration>) {
+async fn propagation(
+    stack: &Stack,
+    watchers: &mut Watchers,
+    subscribers: usize,
+    agent: u32,
+) -> (Vec<Duration>, Vec<Duration>, Cpu) {
     let transit = root_transit(stack);
     let rotated = rewrap_hot(stack, &transit).await;
+    let cpu = Cpu::of(agent, watchers);
     let start = pods::monotonic_ns();
     stack.kube.replace(rotated).await.expect("write the rotated Secret");
     let recrypted = collect(&mut watchers.events, EventKind::Recrypted, subscribers, start).await;
+    let cpu = Cpu::of(agent, watchers).since(&cpu);
 
     let edited = new_content_hot(stack, &transit).await;
     let start = pods::monotonic_ns();
     stack.kube.replace(edited).await.expect("write the edited Secret");
     let content = collect(&mut watchers.events, EventKind::ContentChanged, subscribers, start).await;
-    (recrypted, content)
+    (recrypted, content, cpu)
+}
+
+/// CPU time (user and system) of the agent and of the watchers' processes.
+#[derive(Serialize)]
+pub struct Cpu {
+    pub agent_ms: f64,
+    pub watchers_ms: f64,
+}
+
+impl Cpu {
+    fn of(agent: u32, watchers: &Watchers) -> Cpu {
+        let ids = watchers.children.iter().filter_map(tokio::process::Child::id);
+        Cpu { agent_ms: cpu_ms(agent), watchers_ms: ids.map(cpu_ms).sum() }
+    }
+
+    fn since(&self, before: &Cpu) -> Cpu {
+        Cpu { agent_ms: self.agent_ms - before.agent_ms, watchers_ms: self.watchers_ms - before.watchers_ms }
+    }
+}
+
+/// utime + stime of a process (/proc/PID/stat), in milliseconds.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces), from field 3 on.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |t| t.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+    ticks * 1000.0 / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64
 }
 
 /// The times at which `subscribers` events of `kind` arrived, from `start`

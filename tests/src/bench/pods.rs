@@ -127,11 +127,18 @@ pub async fn pod_watcher(args: PodWatcher) {
         }
     }
     println!("ready");
+    // Whatever arrived meanwhile goes out in one write: the harness's own
+    // output should cost the process it measures little.
     let printer = tokio::spawn(async move {
         use std::io::Write;
-        while let Some((kind, at)) = seen_rx.recv().await {
+        let mut text = String::new();
+        while let Some(first) = seen_rx.recv().await {
+            text.clear();
+            for (kind, at) in std::iter::once(first).chain(std::iter::from_fn(|| seen_rx.try_recv().ok())) {
+                text.push_str(&format!("event {} {at}\n", kind.as_str()));
+            }
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "event {} {at}", kind.as_str());
+            let _ = out.write_all(text.as_bytes());
             let _ = out.flush();
         }
     });

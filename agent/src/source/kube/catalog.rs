@@ -20,7 +20,7 @@ use kube::runtime::watcher;
 
 use super::convention::ALLOWED_SERVICE_ACCOUNTS;
 use crate::secret::SecretId;
-use crate::source::ChangeSender;
+use crate::source::{Change, ChangeSender};
 
 struct Known {
     /// A hash of the resourceVersion: only compared for equality.
@@ -79,9 +79,9 @@ impl Catalog {
         !matches!(self.readers(id), Readers::Absent)
     }
 
-    /// Records a Secret as `meta` says; true when that is news (new, or
+    /// Records a Secret as `meta` says; the change, if that is news (new, or
     /// another revision).
-    fn apply(&self, meta: &ObjectMeta, generation: u32) -> Option<SecretId> {
+    fn apply(&self, meta: &ObjectMeta, generation: u32) -> Option<Change> {
         let (Some(ns), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else { return None };
         let revision = revision_hash(meta.resource_version.as_deref().unwrap_or_default());
         let allowed = meta.annotations.as_ref().and_then(|a| a.get(ALLOWED_SERVICE_ACCOUNTS)).map(|v| self.shared(v));
@@ -90,12 +90,16 @@ impl Catalog {
             Some(s) => s,
             None => namespaces.entry(Arc::from(ns)).or_default(),
         };
-        let known = Known { revision, allowed, seen_in: generation };
-        let news = secrets.insert(name.into(), known).is_none_or(|old| old.revision != revision);
-        news.then(|| SecretId::new(ns, name))
+        let known = Known { revision, allowed: allowed.clone(), seen_in: generation };
+        let change = |access| Change { id: SecretId::new(ns, name), access };
+        match secrets.insert(name.into(), known) {
+            None => Some(change(true)),
+            Some(old) if old.revision != revision => Some(change(old.allowed != allowed)),
+            Some(_) => None,
+        }
     }
 
-    fn remove(&self, meta: &ObjectMeta) -> Option<SecretId> {
+    fn remove(&self, meta: &ObjectMeta) -> Option<Change> {
         let (ns, name) = (meta.namespace.as_deref()?, meta.name.as_deref()?);
         let mut namespaces = self.namespaces.write().expect("catalog lock");
         let secrets = namespaces.get_mut(ns)?;
@@ -103,12 +107,12 @@ impl Catalog {
         if secrets.is_empty() {
             namespaces.remove(ns);
         }
-        Some(SecretId::new(ns, name))
+        Some(Change { id: SecretId::new(ns, name), access: true })
     }
 
     /// Removes the Secrets of `scope` (a namespace, or all) that the list of
     /// `generation` did not see, and names them.
-    fn sweep(&self, scope: Option<&str>, generation: u32) -> Vec<SecretId> {
+    fn sweep(&self, scope: Option<&str>, generation: u32) -> Vec<Change> {
         let mut gone = Vec::new();
         let mut namespaces = self.namespaces.write().expect("catalog lock");
         namespaces.retain(|ns, secrets| {
@@ -118,7 +122,7 @@ impl Catalog {
             secrets.retain(|name, k| {
                 let keep = k.seen_in >= generation;
                 if !keep {
-                    gone.push(SecretId::new(&**ns, &**name));
+                    gone.push(Change { id: SecretId::new(&**ns, &**name), access: true });
                 }
                 keep
             });
@@ -176,8 +180,8 @@ impl Catalog {
             if first_list {
                 continue;
             }
-            for id in news {
-                if changes.send(id).is_err() {
+            for change in news {
+                if changes.send(change).is_err() {
                     return;
                 }
             }
@@ -205,8 +209,8 @@ mod tests {
         let stream = futures::stream::iter(events.into_iter().map(Ok));
         catalog.clone().follow(stream, None, tx, || {}).await;
         let mut announced = Vec::new();
-        while let Ok(id) = rx.try_recv() {
-            announced.push(id.to_string());
+        while let Ok(c) = rx.try_recv() {
+            announced.push(format!("{}{}", c.id, if c.access { " (access)" } else { "" }));
         }
         announced
     }
@@ -237,7 +241,15 @@ mod tests {
             ],
         )
         .await;
-        assert_eq!(announced, ["shop/a", "shop/b", "other/d", "shop/a", "shop/c", "other/d"]);
+        let expected = [
+            "shop/a (access)",
+            "shop/b (access)",
+            "other/d (access)",
+            "shop/a (access)",
+            "shop/c (access)",
+            "other/d (access)",
+        ];
+        assert_eq!(announced, expected);
         let id = |n: &str| SecretId::new("shop", n);
         assert!(matches!(catalog.readers(&id("a")), Readers::Listed(a) if &*a == "web"));
         assert!(matches!(catalog.readers(&id("c")), Readers::NotAnnotated));
@@ -246,5 +258,19 @@ mod tests {
         assert!(catalog.is_at(&id("a"), "3") && !catalog.is_at(&id("a"), "2"));
         // One copy of an annotation, however many Secrets carry it.
         assert_eq!(catalog.annotations.lock().unwrap().len(), 1);
+
+        // A new revision with the same readers: only the content may have changed.
+        let announced = run(
+            &catalog,
+            vec![
+                Init,
+                InitApply(meta("shop", "a", "3", Some("web"))),
+                InitApply(meta("shop", "c", "1", None)),
+                InitDone,
+                Apply(meta("shop", "a", "4", Some("web"))),
+            ],
+        )
+        .await;
+        assert_eq!(announced, ["shop/a"]);
     }
 }

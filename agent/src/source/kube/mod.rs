@@ -28,7 +28,7 @@ use kube::{Api, Client};
 
 use super::{Access, ChangeSender, Held, LoadFuture, Loaded, SecretSource, Unavailable};
 use crate::metrics::Metrics;
-use crate::secret::{DocumentVersion, SecretId, SecretVersion};
+use crate::secret::{DocumentVersion, SecretId, SecretVersion, Views};
 use crate::transit::Transit;
 use vaultlet_parse::document::Document;
 
@@ -144,6 +144,7 @@ impl KubeSource {
                 revision,
                 documents,
                 unbound: managed.binding == Binding::Unbound,
+                views: Views::default(),
             }));
         }
         let items: Vec<_> = to_decrypt.iter().map(|(_, _, item, _)| item.clone()).collect();
@@ -176,7 +177,7 @@ impl KubeSource {
             documents.insert(key.to_owned(), dv);
         }
         let unbound = managed.binding == Binding::Unbound;
-        Ok(Loaded::Version(SecretVersion { revision, documents, unbound }))
+        Ok(Loaded::Version(SecretVersion { revision, documents, unbound, views: Views::default() }))
     }
 
     /// The agent's own rules on a Secret before anything is sent to Transit:
