@@ -11,7 +11,7 @@
 # runtime image (Debian 12) must have.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# .dockerignore lets in only the Cargo workspace (agent, client-rust, csi, parse,
+# .dockerignore lets in only the Cargo workspace (agent, client-rust, csi, webhook, parse,
 # tests, proto); `--locked` builds exactly Cargo.lock. protoc is vendored by a build
 # dependency.
 COPY . .

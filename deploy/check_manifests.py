@@ -9,10 +9,14 @@
       client-rust, client-python, agent/src, csi/src and the Dockerfile. Nothing
       here is written twice: each expected value is read from where the code
       defines it.
+      An example workload annotated vaultlet.io/inject: "true" is instead
+      checked against the webhook's configuration (DEPLOY.yaml must then be
+      rendered with the `inject` component): its namespace is one the webhook
+      selects, and it does not opt out by label.
   check_manifests.py split-operator-kinds RENDERED.yaml OUT.yaml
-      Moves the objects of the Prometheus Operator's CRDs (PodMonitor,
-      PrometheusRule: kinds kubernetes-validate has no schema for) out of a
-      rendering into OUT.yaml.
+      Moves the objects of CRDs kubernetes-validate has no schema for (the
+      Prometheus Operator's PodMonitor and PrometheusRule, cert-manager's Issuer
+      and Certificate) out of a rendering into OUT.yaml.
   check_manifests.py monitoring DEPLOY.yaml OPERATOR_KINDS.yaml
       The PodMonitor scrapes the agent's pods where the agent serves its
       metrics, and the job it names its series is the one the alerts select;
@@ -472,6 +476,10 @@ def agree(deploy_file: str, example_files: List[str]) -> None:
         for obj in examples:
             if obj["kind"] not in WORKLOADS:
                 continue
+            if inject_annotation(obj) == "true":
+                check_injected(objs, examples, obj)
+                callers += 1
+                continue
             for c in pod_spec(obj)["containers"]:
                 check_caller(obj, c, socket, host_socket, csi, token_file, audience, owner, overrides)
                 callers += 1
@@ -479,17 +487,58 @@ def agree(deploy_file: str, example_files: List[str]) -> None:
         fail("no example workload found")
 
 
+INJECT_ANNOTATION = "vaultlet.io/inject"
+
+
+def pod_metadata(obj: Obj) -> Obj:
+    if obj["kind"] == "Pod":
+        return obj["metadata"]
+    spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    return spec["template"].get("metadata") or {}
+
+
+def inject_annotation(obj: Obj) -> Optional[str]:
+    return (pod_metadata(obj).get("annotations") or {}).get(INJECT_ANNOTATION)
+
+
+def check_injected(deploy: List[Obj], examples: List[Obj], obj: Obj) -> None:
+    """An annotated workload is one the webhook is called for."""
+    configs = [o for o in deploy if o["kind"] == "MutatingWebhookConfiguration"]
+    if len(configs) != 1:
+        fail(f"{name(obj)} asks for injection, but the deploy rendering has {len(configs)} webhook configurations "
+             "(render it with the inject component)")
+    webhook = configs[0]["webhooks"][0]
+    namespace = obj["metadata"].get("namespace")
+    ns = next((o for o in examples if o["kind"] == "Namespace" and o["metadata"]["name"] == namespace), None)
+    if ns is None:
+        fail(f"{name(obj)}: its namespace {namespace} is not in the example")
+    assert ns is not None
+    labels = ns["metadata"].get("labels") or {}
+    selector = webhook.get("namespaceSelector") or {}
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            fail(f"{name(obj)}: namespace {namespace} lacks the label {key}: {value} the webhook selects")
+    for expr in selector.get("matchExpressions") or []:
+        if expr["key"] == "kubernetes.io/metadata.name" and expr["operator"] == "NotIn" and namespace in expr["values"]:
+            fail(f"{name(obj)}: the webhook never serves namespace {namespace}")
+    pod_labels = pod_metadata(obj).get("labels") or {}
+    for expr in (webhook.get("objectSelector") or {}).get("matchExpressions") or []:
+        if expr["operator"] == "NotIn" and pod_labels.get(expr["key"]) in expr["values"]:
+            fail(f"{name(obj)}: its label {expr['key']} keeps the webhook away")
+    print(f"ok: {name(obj)} asks the webhook ({INJECT_ANNOTATION}), which serves namespace {namespace}")
+
+
 # --------------------------------------------------------------- monitoring
 
-OPERATOR_GROUP = "monitoring.coreos.com/"
+OPERATOR_GROUPS = ("monitoring.coreos.com/", "cert-manager.io/")
 SEVERITIES = {"critical", "warning"}
 
 
 def split_operator_kinds(rendered: str, out: str) -> None:
     objs = load(rendered)
-    operator = [o for o in objs if o["apiVersion"].startswith(OPERATOR_GROUP)]
+    operator = [o for o in objs if o["apiVersion"].startswith(OPERATOR_GROUPS)]
     if not operator:
-        fail(f"{rendered}: no object of {OPERATOR_GROUP}")
+        fail(f"{rendered}: no object of {' or '.join(OPERATOR_GROUPS)}")
     Path(rendered).write_text(yaml.safe_dump_all([o for o in objs if o not in operator], sort_keys=False))
     Path(out).write_text(yaml.safe_dump_all(operator, sort_keys=False))
     print(f"ok: {', '.join(name(o) for o in operator)} set apart from kubernetes-validate (no schema for their CRDs)")

@@ -10,6 +10,7 @@ mod csi;
 mod dev;
 mod export;
 mod get;
+mod inject;
 mod prepare_dirs;
 mod recrypt;
 mod run;
@@ -56,6 +57,7 @@ enum Command {
     Recrypt(recrypt::Args),
     Audit(audit::Args),
     Csi(csi::Args),
+    Inject(inject::Args),
     PrepareDirs(prepare_dirs::Args),
 }
 
@@ -103,6 +105,7 @@ pub fn run() -> ExitCode {
             Command::Recrypt(args) => ("recrypt", recrypt::run(args).await),
             Command::Audit(args) => ("audit", audit::run(args).await),
             Command::Csi(args) => ("csi", csi::run(args).await),
+            Command::Inject(args) => ("inject", inject::run(args).await),
             Command::PrepareDirs(args) => ("prepare-dirs", prepare_dirs::run(args).await),
         }
     });
