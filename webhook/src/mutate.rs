@@ -231,10 +231,11 @@ fn set_env(container: &mut Container, vars: &[(String, String)]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn injection() -> Injection {
+    /// What `vaultlet inject` builds from its defaults.
+    pub(crate) fn injection() -> Injection {
         Injection {
             csi_driver: "csi.vaultlet.io".into(),
             socket_dir: "/run/vaultlet".into(),

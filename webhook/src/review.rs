@@ -58,20 +58,8 @@ fn pod_name(pod: Option<&Pod>, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mutate::tests::injection;
     use crate::mutate::{INJECT, Refusal};
-
-    fn injection() -> Injection {
-        Injection {
-            csi_driver: "csi.vaultlet.io".into(),
-            socket_dir: "/run/vaultlet".into(),
-            token_dir: "/var/run/secrets/vaultlet".into(),
-            token_file: "token".into(),
-            audience: "vaultlet".into(),
-            token_seconds: 600,
-            socket_group: Some(10750),
-            env: vec![],
-        }
-    }
 
     fn body(annotations: serde_json::Value) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({

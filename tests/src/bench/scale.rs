@@ -128,11 +128,12 @@ async fn measure(
     let mut i = 0;
     while Instant::now() < until {
         let tick = tokio::time::sleep(Duration::from_secs(1));
-        let mut s = secret(&fleet_namespace(i), &format!("s-{i}"), ciphertext(i + size));
-        let api: Api<Secret> = Api::namespaced(stack.kube.admin(), &fleet_namespace(i));
-        s.metadata.resource_version =
-            api.get(&format!("s-{i}")).await.expect("a fleet Secret").metadata.resource_version;
-        api.replace(&format!("s-{i}"), &PostParams::default(), &s).await.expect("change a fleet Secret");
+        // The fleet's Secrets are numbered from USED on (`grow`).
+        let (n, name) = (USED + i, format!("s-{}", USED + i));
+        let mut s = secret(&fleet_namespace(n), &name, ciphertext(n + size));
+        let api: Api<Secret> = Api::namespaced(stack.kube.admin(), &fleet_namespace(n));
+        s.metadata.resource_version = api.get(&name).await.expect("a fleet Secret").metadata.resource_version;
+        api.replace(&name, &PostParams::default(), &s).await.expect("change a fleet Secret");
         i += 1;
         tick.await;
     }
