@@ -6,7 +6,8 @@
       registration, the one privileged container), the callers' token audience,
       the socket's owner and the callers' groups, the image's USER, the config
       file's keys and the command-line flags all agree with the sources:
-      client-rust, client-python, agent/src, csi/src and the Dockerfile. Nothing
+      client-rust, client-python, agent/src, csi/src and the image's script
+      (scripts/oci_image.py). Nothing
       here is written twice: each expected value is read from where the code
       defines it.
       An example workload annotated vaultlet.io/inject: "true" is instead
@@ -161,11 +162,13 @@ def serve_file_keys() -> Set[str]:
     }
 
 
-def dockerfile_user() -> str:
-    users = re.findall(r"^USER\s+(\S+)\s*$", (ROOT / "Dockerfile").read_text(), re.M)
-    if not users:
-        fail("Dockerfile: no USER")
-    return str(users[-1])
+def image_user() -> str:
+    """The user the image runs as: USER and GROUP of scripts/oci_image.py."""
+    source = (ROOT / "scripts/oci_image.py").read_text()
+    ids = [re.search(rf"^{name} = (\d+)$", source, re.M) for name in ("USER", "GROUP")]
+    if not all(ids):
+        fail("scripts/oci_image.py: no USER or GROUP")
+    return ":".join(m.group(1) for m in ids if m)
 
 
 # ------------------------------------------------------------ the manifests
@@ -315,9 +318,9 @@ def check_ownership(agent: Agent) -> Tuple[int, int]:
     uid, gid = security(agent.spec, agent.container, "runAsUser"), security(agent.spec, agent.container, "runAsGroup")
     if not isinstance(uid, int) or not isinstance(gid, int) or uid == 0:
         fail("the agent must run with a numeric non-root runAsUser and a runAsGroup")
-    if dockerfile_user() != f"{uid}:{gid}":
-        fail(f"Dockerfile USER {dockerfile_user()} differs from the DaemonSet's {uid}:{gid}")
-    print(f"ok: the agent runs as {uid}:{gid}, the Dockerfile's USER")
+    if image_user() != f"{uid}:{gid}":
+        fail(f"the image's user {image_user()} (scripts/oci_image.py) differs from the DaemonSet's {uid}:{gid}")
+    print(f"ok: the agent runs as {uid}:{gid}, the image's user")
     served = agent.setting("socket", "VAULTLET_SOCKET", "")
     socket_volume = mount_for(agent.spec, agent.container, posixpath.dirname(served))[1]["name"]
     preparers = [

@@ -37,11 +37,13 @@ pub fn raise_open_files_limit() {
 }
 
 /// How often freed memory is handed back to the system.
+#[cfg(target_env = "gnu")]
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// glibc keeps freed heap pages resident: after a burst (thousands of watch
 /// streams opening, a flood of calls) the agent would keep its peak size for
 /// good. `malloc_trim` returns what is free; it takes well under a millisecond.
+#[cfg(target_env = "gnu")]
 pub fn trim_memory_periodically() {
     tokio::spawn(async {
         let mut tick = tokio::time::interval(TRIM_EVERY);
@@ -52,6 +54,11 @@ pub fn trim_memory_periodically() {
         }
     });
 }
+
+/// musl's allocator (the static build of scripts/image) unmaps freed memory by
+/// itself and has no `malloc_trim`.
+#[cfg(not(target_env = "gnu"))]
+pub fn trim_memory_periodically() {}
 
 /// Refuses a socket directory others may write to (they could replace the socket).
 pub fn check_socket_dir(socket: &Path) -> Result<(), String> {
