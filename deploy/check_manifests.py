@@ -23,13 +23,21 @@
       metrics, and the job it names its series is the one the alerts select;
       every alert has a severity, a summary and a description (promtool checks
       the rest: scripts/alerts).
+  check_manifests.py without-csi WITHOUT.yaml DEFAULT.yaml
+      The Helm chart rendered with csi.enabled=false (WITHOUT) against its
+      default render: no CSIDriver and no privileged container; the same
+      objects but the CSIDriver; the DaemonSet without the CSI plugin and the
+      registrar and the volumes only they mount, the rest of it unchanged, and
+      no checkov skip of it naming a container it no longer has.
   check_manifests.py strip-skips SRC_DIR DST_DIR
       Copies the rendered YAML files without their checkov.io/skip annotations,
       and other files (Dockerfiles) without their `# checkov:skip=` comments.
   check_manifests.py skips WITH.json WITHOUT.json
       checkov's JSON reports (kubernetes, dockerfile) with and without the
       skips: no check fails, every skip has a reason, and every skip is needed
-      (its check fails without it).
+      (its check fails without it, on the same object of the same file: the
+      renderings share objects that differ, e.g. the DaemonSet with and without
+      the CSI driver).
 
 Needs PyYAML (which kubernetes-validate brings) and nothing else.
 """
@@ -589,6 +597,74 @@ def monitoring(deploy_file: str, operator_file: str) -> None:
           f"{len(rules)} alerts select that job and have a severity, a summary and a description")
 
 
+# ------------------------------------------------------------------ the chart without CSI
+
+
+def without_csi(without_file: str, default_file: str) -> None:
+    without, default = load(without_file), load(default_file)
+
+    def key(o: Obj) -> Tuple[str, str, str]:
+        return (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])
+
+    drivers = [name(o) for o in without if o["kind"] == "CSIDriver"]
+    if drivers:
+        fail(f"{without_file}: {', '.join(drivers)} with csi.enabled=false")
+    for o in without:
+        if o["kind"] in WORKLOADS:
+            spec = pod_spec(o)
+            privileged = [c["name"] for c in spec["containers"] + (spec.get("initContainers") or [])
+                          if (c.get("securityContext") or {}).get("privileged")]
+            if privileged:
+                fail(f"{without_file}: {name(o)} has privileged containers with csi.enabled=false: {privileged}")
+    expected = sorted(key(o) for o in default if o["kind"] != "CSIDriver")
+    if sorted(map(key, without)) != expected:
+        fail(f"{without_file}: not the objects of the default render but the CSIDriver: {sorted(map(key, without))}")
+    old = {key(o): o for o in default}
+    for o in without:
+        if o["kind"] != "DaemonSet":
+            if o != old[key(o)]:
+                fail(f"{without_file}: {name(o)} differs from the default render")
+            continue
+        was, spec, was_spec = old[key(o)], pod_spec(o), pod_spec(old[key(o)])
+        containers = {c["name"] for c in spec["containers"]}
+        gone = [c for c in was_spec["containers"] if c["name"] not in containers]
+        if sorted(c["name"] for c in gone) != ["csi-plugin", "node-driver-registrar"]:
+            fail(f"{name(o)}: csi.enabled=false must leave out csi-plugin and node-driver-registrar, "
+                 f"not {sorted(c['name'] for c in gone)}")
+        if [c for c in spec["containers"] if subcommand(c) == "csi"
+                or option(c.get("args") or [], "kubelet-registration-path")]:
+            fail(f"{name(o)}: a CSI container is left with csi.enabled=false")
+        mounted = {m["name"] for c in spec["containers"] + (spec.get("initContainers") or [])
+                   for m in c.get("volumeMounts") or []}
+        volumes = {v["name"] for v in spec.get("volumes") or []}
+        gone_volumes = {v["name"] for v in was_spec.get("volumes") or []} - volumes
+        if mounted != volumes:
+            fail(f"{name(o)}: volumes {sorted(volumes ^ mounted)} are not both declared and mounted "
+                 "with csi.enabled=false")
+        used = {m["name"] for c in gone for m in c.get("volumeMounts") or []}
+        if not gone_volumes <= used:
+            fail(f"{name(o)}: csi.enabled=false leaves out volumes the CSI containers do not use: "
+                 f"{sorted(gone_volumes - used)}")
+        annotations = o["metadata"].get("annotations") or {}
+        for k, v in annotations.items():
+            if k.startswith(SKIP_PREFIX) and any(c["name"] in v for c in gone):
+                fail(f"{name(o)}: skip {k} speaks of a container it no longer has: {v}")
+        # The rest as in the default render: only the CSI containers, their volumes
+        # and skips are gone.
+        rest = json.loads(json.dumps(was))
+        rest_spec = pod_spec(rest)
+        rest_spec["containers"] = [c for c in rest_spec["containers"] if c["name"] in containers]
+        rest_spec["volumes"] = [v for v in rest_spec.get("volumes") or [] if v["name"] in volumes]
+        rest["metadata"]["annotations"] = {
+            k: v for k, v in (rest["metadata"].get("annotations") or {}).items() if k in annotations
+        }
+        if rest != o:
+            fail(f"{name(o)}: differs from the default render beyond the CSI containers, volumes and skips")
+        print(f"ok: {name(o)} without CSI: no {', '.join(c['name'] for c in gone)}, volumes "
+              f"{', '.join(sorted(gone_volumes))} and {len(was['metadata'].get('annotations') or {}) - len(annotations)} "
+              f"skips; no CSIDriver, no privileged container")
+
+
 # ------------------------------------------------------------------ checkov
 
 
@@ -629,13 +705,15 @@ def skips(with_path: str, without_path: str) -> None:
         problems += [f"FAILED {r['check_id']} {r['resource']}: {r['check_name']}" for r in results["failed_checks"]]
         problems += [f"cannot parse {e}" for e in results.get("parsing_errors", [])]
         without = without_skips.get(framework, {"results": {"failed_checks": []}})
-        needed = {(r["check_id"], r["resource"]) for r in without["results"]["failed_checks"]}
+        # file_path is relative to the directory checkov was given (an absolute one).
+        needed = {(r["check_id"], r["file_path"], r["resource"]) for r in without["results"]["failed_checks"]}
         for r in results["skipped_checks"]:
             reason = (r["check_result"].get("suppress_comment") or "").strip()
             if len(reason) < 10:
                 problems.append(f"skip of {r['check_id']} on {r['resource']} has no reason")
-            if (r["check_id"], r["resource"]) not in needed:
-                problems.append(f"skip of {r['check_id']} on {r['resource']} is not needed: it passes without it")
+            if (r["check_id"], r["file_path"], r["resource"]) not in needed:
+                problems.append(f"skip of {r['check_id']} on {r['resource']} in {r['file_path']} is not needed: "
+                                "it passes without it")
     if problems:
         fail("checkov:\n  " + "\n  ".join(problems))
     total = sum(r["summary"]["skipped"] for r in with_skips.values())
@@ -650,6 +728,8 @@ def main(argv: List[str]) -> int:
             split_operator_kinds(argv[2], argv[3])
         elif len(argv) == 4 and argv[1] == "monitoring":
             monitoring(argv[2], argv[3])
+        elif len(argv) == 4 and argv[1] == "without-csi":
+            without_csi(argv[2], argv[3])
         elif len(argv) == 4 and argv[1] == "strip-skips":
             strip_skips(argv[2], argv[3])
         elif len(argv) == 4 and argv[1] == "skips":
