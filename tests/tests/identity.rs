@@ -213,6 +213,67 @@ async fn a_token_of_pod_a_from_a_process_of_pod_b_is_unauthenticated() {
     m.refused(Some(&other.pod_uid), &m.web.token_file, "db", "UNAUTHENTICATED", "not in that pod");
 }
 
+/// One `GetSecrets(reference)` from a process of pod `pod_uid`, with exactly
+/// the metadata `headers`: raw gRPC from the Python stubs, since the clients
+/// choose the token's header themselves (`authorization` on a connection's
+/// first call, `vaultlet-token` once the agent announces it). "OK", or the
+/// status code's name and message.
+fn get_with_headers(stack: &Stack, pod_uid: &str, headers: &[(&str, &str)], reference: &str) -> String {
+    const CALL: &str = r#"
+import json, sys, grpc
+from vaultlet.connection import CHANNEL_OPTIONS
+from vaultlet.v1 import secrets_pb2, secrets_pb2_grpc
+socket, reference, headers = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+channel = grpc.insecure_channel("unix://" + socket, options=CHANNEL_OPTIONS)
+stub = secrets_pb2_grpc.SecretsStub(channel)
+request = secrets_pb2.GetSecretsRequest(refs=[secrets_pb2.SecretRef(name=reference)])
+try:
+    stub.GetSecrets(request, metadata=[tuple(h) for h in headers], timeout=10)
+    print("OK")
+except grpc.RpcError as e:
+    print(e.code().name, e.details())
+"#;
+    let python = vaultlet_tests::stack::repo_root().join(".venv/bin/python");
+    let socket = stack.socket();
+    let headers = serde_json::to_string(headers).unwrap();
+    let cgroup = PodCgroup::create(pod_uid);
+    let out = cgroup
+        .command(&python, &["-c", CALL, socket.to_str().unwrap(), reference, &headers])
+        .output()
+        .expect("run the Python client's stubs (scripts/venv)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The token under `vaultlet-token` (the header HPACK indexes) meets every
+/// check `authorization` does: a stolen one from another pod is refused, and
+/// a call may not carry two tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_indexed_token_header_is_checked_as_authorization_is() {
+    let m = Matrix::start().await;
+    let token = std::fs::read_to_string(&m.web.token_file).unwrap();
+    let token = token.trim();
+    let bearer = format!("Bearer {token}");
+    // The rightful pod, the token under the indexed header: served.
+    let before = m.audit().len();
+    assert_eq!(get_with_headers(&m.stack, &m.web.pod_uid, &[("vaultlet-token", token)], "db"), "OK");
+    assert_eq!(m.settled(before + 1)[before]["decision"], "allowed");
+
+    // The same token from a process of another pod: refused before any review.
+    let other = m.stack.app("shop", "web", "web-2").await;
+    let before = m.audit().len();
+    let answer = get_with_headers(&m.stack, &other.pod_uid, &[("vaultlet-token", token)], "db");
+    assert!(answer.starts_with("UNAUTHENTICATED") && answer.contains("not in that pod"), "{answer}");
+    assert_eq!(m.settled(before + 1)[before]["decision"], "unauthenticated");
+
+    // Two tokens in one call (which would one check?): refused.
+    let before = m.audit().len();
+    let both = [("vaultlet-token", token), ("authorization", bearer.as_str())];
+    let answer = get_with_headers(&m.stack, &m.web.pod_uid, &both, "db");
+    assert!(answer.starts_with("UNAUTHENTICATED") && answer.contains("two tokens"), "{answer}");
+    assert_eq!(m.settled(before + 1)[before]["decision"], "unauthenticated");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_process_outside_any_pod_is_refused_when_it_connects() {
     let m = Matrix::start().await;
