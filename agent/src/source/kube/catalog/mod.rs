@@ -1,18 +1,20 @@
 //! What the agent knows of every managed Secret without its data: that it
 //! exists, which revision it is at, and who may read it. Kept small on
 //! purpose: a node holds one entry per managed Secret of the cluster (tens of
-//! thousands), so an entry is the name, a hash of the resourceVersion and a
-//! shared copy of the allowed-service-accounts annotation, about 100 bytes.
+//! thousands), so an entry is a fixed-size slot pointing into its namespace's
+//! string of names (`secrets`), with a hash of the resourceVersion and a
+//! handle on a shared copy of the allowed-service-accounts annotation
+//! (`annotations`): about 35 bytes and its name.
 //!
 //! It follows the metadata watch (`follow`): every Secret whose revision
 //! changes, or that appears or goes, is announced. A re-list (after a 410 or a
 //! dropped watch) marks what it sees; what it did not see went while the watch
 //! was away, and is announced gone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -22,14 +24,11 @@ use super::convention::ALLOWED_SERVICE_ACCOUNTS;
 use crate::secret::SecretId;
 use crate::source::{Change, ChangeSender};
 
-struct Known {
-    /// A hash of the resourceVersion: only compared for equality.
-    revision: u64,
-    /// The allowed-service-accounts annotation (shared: many Secrets say the same).
-    allowed: Option<Arc<str>>,
-    /// The list generation that last saw it (see `follow`).
-    seen_in: u32,
-}
+mod annotations;
+mod secrets;
+
+use annotations::Annotations;
+use secrets::{Known, Secrets};
 
 /// What the catalog says of one Secret's readers.
 pub enum Readers {
@@ -39,15 +38,16 @@ pub enum Readers {
     Listed(Arc<str>),
 }
 
-/// A namespace's Secrets, by name.
-type Secrets = HashMap<Box<str>, Known>;
-
 #[derive(Default)]
 pub struct Catalog {
-    namespaces: RwLock<HashMap<Arc<str>, Secrets>>,
-    /// One shared copy of each distinct annotation value.
-    annotations: Mutex<HashSet<Arc<str>>>,
+    inner: RwLock<Inner>,
     generations: AtomicU32,
+}
+
+#[derive(Default)]
+struct Inner {
+    namespaces: HashMap<Box<str>, Secrets>,
+    annotations: Annotations,
 }
 
 pub fn revision_hash(resource_version: &str) -> u64 {
@@ -57,26 +57,29 @@ pub fn revision_hash(resource_version: &str) -> u64 {
 }
 
 impl Catalog {
+    fn known(inner: &Inner, id: &SecretId) -> Option<Known> {
+        inner.namespaces.get(id.namespace.as_str()).and_then(|n| n.get(&id.name))
+    }
+
     pub fn readers(&self, id: &SecretId) -> Readers {
-        let namespaces = self.namespaces.read().expect("catalog lock");
-        match namespaces.get(id.namespace.as_str()).and_then(|n| n.get(id.name.as_str())) {
+        let inner = self.inner.read().expect("catalog lock");
+        match Self::known(&inner, id) {
             None => Readers::Absent,
-            Some(Known { allowed: None, .. }) => Readers::NotAnnotated,
-            Some(Known { allowed: Some(a), .. }) => Readers::Listed(a.clone()),
+            Some(k) => match inner.annotations.get(k.allowed) {
+                None => Readers::NotAnnotated,
+                Some(list) => Readers::Listed(list.clone()),
+            },
         }
     }
 
     /// True when the Secret is known at `resource_version`.
     pub fn is_at(&self, id: &SecretId, resource_version: &str) -> bool {
-        let namespaces = self.namespaces.read().expect("catalog lock");
-        namespaces
-            .get(id.namespace.as_str())
-            .and_then(|n| n.get(id.name.as_str()))
-            .is_some_and(|k| k.revision == revision_hash(resource_version))
+        let inner = self.inner.read().expect("catalog lock");
+        Self::known(&inner, id).is_some_and(|k| k.revision == revision_hash(resource_version))
     }
 
     pub fn contains(&self, id: &SecretId) -> bool {
-        !matches!(self.readers(id), Readers::Absent)
+        Self::known(&self.inner.read().expect("catalog lock"), id).is_some()
     }
 
     /// Records a Secret as `meta` says; the change, if that is news (new, or
@@ -84,26 +87,32 @@ impl Catalog {
     fn apply(&self, meta: &ObjectMeta, generation: u32) -> Option<Change> {
         let (Some(ns), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else { return None };
         let revision = revision_hash(meta.resource_version.as_deref().unwrap_or_default());
-        let allowed = meta.annotations.as_ref().and_then(|a| a.get(ALLOWED_SERVICE_ACCOUNTS)).map(|v| self.shared(v));
-        let mut namespaces = self.namespaces.write().expect("catalog lock");
+        let annotation = meta.annotations.as_ref().and_then(|a| a.get(ALLOWED_SERVICE_ACCOUNTS));
+        let mut inner = self.inner.write().expect("catalog lock");
+        let Inner { namespaces, annotations } = &mut *inner;
+        // Taken before the old one is released: the same value keeps its handle.
+        let allowed = annotations.acquire(annotation.map(String::as_str));
         let secrets = match namespaces.get_mut(ns) {
             Some(s) => s,
-            None => namespaces.entry(Arc::from(ns)).or_default(),
+            None => namespaces.entry(ns.into()).or_default(),
         };
-        let known = Known { revision, allowed: allowed.clone(), seen_in: generation };
         let change = |access| Change { id: SecretId::new(ns, name), access };
-        match secrets.insert(name.into(), known) {
+        match secrets.insert(name, Known { revision, allowed, seen_in: generation }) {
             None => Some(change(true)),
-            Some(old) if old.revision != revision => Some(change(old.allowed != allowed)),
-            Some(_) => None,
+            Some(old) => {
+                annotations.release(old.allowed);
+                (old.revision != revision).then(|| change(old.allowed != allowed))
+            }
         }
     }
 
     fn remove(&self, meta: &ObjectMeta) -> Option<Change> {
         let (ns, name) = (meta.namespace.as_deref()?, meta.name.as_deref()?);
-        let mut namespaces = self.namespaces.write().expect("catalog lock");
+        let mut inner = self.inner.write().expect("catalog lock");
+        let Inner { namespaces, annotations } = &mut *inner;
         let secrets = namespaces.get_mut(ns)?;
-        secrets.remove(name)?;
+        let old = secrets.remove(name)?;
+        annotations.release(old.allowed);
         if secrets.is_empty() {
             namespaces.remove(ns);
         }
@@ -114,7 +123,8 @@ impl Catalog {
     /// `generation` did not see, and names them.
     fn sweep(&self, scope: Option<&str>, generation: u32) -> Vec<Change> {
         let mut gone = Vec::new();
-        let mut namespaces = self.namespaces.write().expect("catalog lock");
+        let mut inner = self.inner.write().expect("catalog lock");
+        let Inner { namespaces, annotations } = &mut *inner;
         namespaces.retain(|ns, secrets| {
             if scope.is_some_and(|s| s != &**ns) {
                 return true;
@@ -122,25 +132,14 @@ impl Catalog {
             secrets.retain(|name, k| {
                 let keep = k.seen_in >= generation;
                 if !keep {
-                    gone.push(Change { id: SecretId::new(&**ns, &**name), access: true });
+                    annotations.release(k.allowed);
+                    gone.push(Change { id: SecretId::new(&**ns, name), access: true });
                 }
                 keep
             });
             !secrets.is_empty()
         });
-        drop(namespaces);
-        self.annotations.lock().expect("annotations lock").retain(|a| Arc::strong_count(a) > 1);
         gone
-    }
-
-    fn shared(&self, value: &str) -> Arc<str> {
-        let mut annotations = self.annotations.lock().expect("annotations lock");
-        if let Some(a) = annotations.get(value) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(value);
-        annotations.insert(a.clone());
-        a
     }
 
     /// Applies the metadata watch of `scope` and announces what changed; calls
@@ -256,8 +255,9 @@ mod tests {
         assert!(matches!(catalog.readers(&id("b")), Readers::Absent));
         assert!(!catalog.contains(&SecretId::new("other", "d")));
         assert!(catalog.is_at(&id("a"), "3") && !catalog.is_at(&id("a"), "2"));
-        // One copy of an annotation, however many Secrets carry it.
-        assert_eq!(catalog.annotations.lock().unwrap().len(), 1);
+        // One copy of an annotation, however many Secrets carry it; none of
+        // a value no Secret says any more.
+        assert_eq!(catalog.inner.read().unwrap().annotations.distinct(), 1);
 
         // A new revision with the same readers: only the content may have changed.
         let announced = run(
