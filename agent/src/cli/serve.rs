@@ -43,7 +43,7 @@ pub async fn run(args: Args) -> CmdResult {
     crate::hygiene::check_socket_dir(&config.socket)?;
     crate::hygiene::harden();
     crate::hygiene::raise_open_files_limit();
-    crate::hygiene::trim_memory_periodically();
+    crate::hygiene::return_freed_memory();
     super::install_crypto_provider();
     // The watcher lives as long as the agent: dropping it stops the reloads.
     let (grants, _policy_watcher) = match &config.policy_file {

@@ -1,7 +1,7 @@
 //! Production source: managed Kubernetes Secrets (ciphertext only).
 //!
-//! The agent watches their metadata only (a kube-rs metadata reflector, with
-//! nothing kept but the `vaultlet.io/` annotations): that answers who may read
+//! The agent watches their metadata only (a kube-rs metadata watcher, parsed
+//! into no more than the catalog keeps: `meta`): that answers who may read
 //! a Secret and tells when one changes. A Secret's data is fetched (`fetch`)
 //! when a caller on this node first asks for it, and again when it changes
 //! while someone on the node still uses it; nobody else's ciphertext is ever
@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
@@ -35,6 +34,7 @@ use vaultlet_parse::document::Document;
 mod catalog;
 pub mod convention;
 mod fetch;
+mod meta;
 
 use catalog::{Catalog, Readers};
 use convention::{BINDING, BINDING_V1, Binding, Managed};
@@ -51,9 +51,6 @@ pub struct KubeSourceConfig {
     /// not listed may name any).
     pub transit_keys: HashMap<String, Vec<String>>,
 }
-
-/// A managed Secret as the watch delivers it: metadata only.
-type Meta = PartialObjectMeta<Secret>;
 
 pub struct KubeSource {
     catalog: Arc<Catalog>,
@@ -84,8 +81,8 @@ impl KubeSource {
         let catalog = Arc::new(Catalog::default());
         let unlisted = Arc::new(AtomicUsize::new(scopes.len()));
         for scope in scopes {
-            // An Api of PartialObjectMeta lists and watches metadata only.
-            let api: Api<Meta> = match &scope {
+            // Metadata only: see `meta`.
+            let api: Api<meta::CatalogMeta> = match &scope {
                 Some(ns) => Api::namespaced(client.clone(), ns),
                 None => Api::all(client.clone()),
             };
@@ -260,7 +257,7 @@ fn fingerprint(managed: &Managed<'_>, data_key: &str, ciphertext: &str) -> u64 {
 }
 
 /// Keeps what the catalog reads of a watch event.
-fn metadata_only(event: watcher::Event<Meta>) -> watcher::Event<ObjectMeta> {
+fn metadata_only(event: watcher::Event<meta::CatalogMeta>) -> watcher::Event<ObjectMeta> {
     use watcher::Event::*;
     match event {
         Apply(m) => Apply(m.metadata),
