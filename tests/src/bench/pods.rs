@@ -89,9 +89,9 @@ pub async fn pod_client(args: PodClient) {
 
 /// Opens its streams in bursts, as a fleet of restarting services does: each
 /// connection's 100 at once (a pod may have 256 calls waiting), one connection
-/// after the other. Says `ready` once every snapshot arrived, then prints
-/// `event KIND MONOTONIC_NS` for each event any stream receives, until its
-/// standard input closes.
+/// after the other. Says `ready` once every snapshot arrived, then, until its
+/// standard input closes, prints `event KIND MONOTONIC_NS` for each event its
+/// streams received, a kind's all at once when each stream has had one.
 pub async fn pod_watcher(args: PodWatcher) {
     use futures::StreamExt;
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(EventKind, u128)>();
@@ -127,19 +127,29 @@ pub async fn pod_watcher(args: PodWatcher) {
         }
     }
     println!("ready");
-    // Whatever arrived meanwhile goes out in one write: the harness's own
-    // output should cost the process it measures little.
+    // The times are kept, and a kind's go out in one write once every stream
+    // has had its event: while the agent's events are still arriving, this
+    // process spends nothing on the harness (nor does the harness reading it).
+    let per_kind = streams.len();
     let printer = tokio::spawn(async move {
         use std::io::Write;
-        let mut text = String::new();
-        while let Some(first) = seen_rx.recv().await {
-            text.clear();
-            for (kind, at) in std::iter::once(first).chain(std::iter::from_fn(|| seen_rx.try_recv().ok())) {
-                text.push_str(&format!("event {} {at}\n", kind.as_str()));
+        let mut times: Vec<(EventKind, Vec<u128>)> = Vec::new();
+        while let Some((kind, at)) = seen_rx.recv().await {
+            let at_kind = match times.iter().position(|(k, _)| *k == kind) {
+                Some(i) => i,
+                None => {
+                    times.push((kind, Vec::with_capacity(per_kind)));
+                    times.len() - 1
+                }
+            };
+            let arrived = &mut times[at_kind].1;
+            arrived.push(at);
+            if arrived.len() == per_kind {
+                let text: String = arrived.drain(..).map(|at| format!("event {} {at}\n", kind.as_str())).collect();
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
             }
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(text.as_bytes());
-            let _ = out.flush();
         }
     });
     let mut line = String::new();
