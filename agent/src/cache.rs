@@ -22,6 +22,7 @@ use futures::future::BoxFuture;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Mutex, OnceCell, watch};
 
+use crate::fanout::FanOut;
 use crate::secret::{SecretId, SecretVersion};
 use crate::source::{Change, ChangeReceiver, Held, Loaded, SecretSource, Unavailable};
 
@@ -108,13 +109,20 @@ pub struct Cache {
     started: Instant,
     /// The number of entries, for the metrics.
     size: Gauge,
+    fan_out: Arc<FanOut>,
 }
 
 impl Cache {
     /// A cache over `source` that drops a secret nobody watched or read for
     /// `idle_ttl`, and keeps `size` at the number of secrets it holds.
     pub fn new(source: Arc<dyn SecretSource>, idle_ttl: Duration, size: Gauge) -> Arc<Cache> {
-        Arc::new(Cache { source, entries: RwLock::default(), idle_ttl, started: Instant::now(), size })
+        let fan_out = Arc::default();
+        Arc::new(Cache { source, entries: RwLock::default(), idle_ttl, started: Instant::now(), size, fan_out })
+    }
+
+    /// Says when a new state is reaching many watch streams.
+    pub fn fan_out(&self) -> Arc<FanOut> {
+        self.fan_out.clone()
     }
 
     fn now_ms(&self) -> u64 {
@@ -254,6 +262,7 @@ impl Cache {
             };
             entry.retries.store(0, Ordering::Relaxed);
             if let Some(state) = next {
+                self.fan_out.begins(tx.receiver_count());
                 tx.send_replace(Arc::new(Published { state, seen: Some(seen) }));
             }
         })

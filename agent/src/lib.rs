@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod fanout;
 pub mod hub;
 pub mod hygiene;
 pub mod identity;

@@ -24,6 +24,7 @@ use vaultlet_client::proto;
 use vaultlet_client::server::secrets_server::SecretsServer;
 
 mod authorize;
+mod coalesce;
 mod encode;
 mod error;
 mod layers;
@@ -90,6 +91,7 @@ pub async fn serve(
         admission: parts.admission.clone(),
         metrics: parts.metrics.clone(),
         audit: parts.audit.clone(),
+        fan_out: parts.cache.fan_out(),
     };
 
     let server = tonic::transport::Server::builder()

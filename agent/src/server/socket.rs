@@ -12,7 +12,9 @@ use futures::Stream;
 use tokio::net::UnixListener;
 
 use super::ServeError;
+use super::coalesce::Coalesce;
 use crate::audit::{AuditLog, Decision, Record};
+use crate::fanout::FanOut;
 use crate::identity::Authenticator;
 use crate::identity::peer::{Peer, PeerStream, UNAUTHENTICATED_IDLE};
 use crate::limits::{Admission, PeerKey, RateLimiter};
@@ -55,11 +57,15 @@ pub struct Acceptor {
     pub admission: Arc<Admission>,
     pub metrics: Arc<Metrics>,
     pub audit: Option<AuditLog>,
+    pub fan_out: Arc<FanOut>,
 }
 
 /// Accepted connections. An accept error (out of file descriptors) never ends
 /// serving: tonic would stop on it.
-pub fn incoming(listener: UnixListener, acceptor: Acceptor) -> impl Stream<Item = Result<PeerStream, std::io::Error>> {
+pub fn incoming(
+    listener: UnixListener,
+    acceptor: Acceptor,
+) -> impl Stream<Item = Result<Coalesce<PeerStream>, std::io::Error>> {
     let refusals = Arc::new(Refusals::new());
     let acceptor = Arc::new(acceptor);
     futures::stream::unfold(listener, move |listener| {
@@ -81,7 +87,7 @@ pub fn incoming(listener: UnixListener, acceptor: Acceptor) -> impl Stream<Item 
                             Ok(slot) => {
                                 let open = Open::new(&acceptor.metrics.connections);
                                 let stream = PeerStream::new(stream, peer, slot, open, UNAUTHENTICATED_IDLE);
-                                return Some((Ok(stream), listener));
+                                return Some((Ok(Coalesce::new(stream, acceptor.fan_out.clone())), listener));
                             }
                             Err(refused) => {
                                 acceptor.metrics.refused_connections.inc();
