@@ -4,19 +4,23 @@
 
 use std::io::BufRead;
 
-use serde::Serialize;
-
 use super::Record;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-#[derive(Serialize)]
-pub(super) struct Line<'a> {
-    pub seq: u64,
-    pub prev: &'a str,
-    pub time: &'a str,
-    #[serde(flatten)]
-    pub record: &'a Record,
+/// Appends the line of `record`: its object with the chain's fields first,
+/// `{"seq":N,"prev":"HASH","time":"RFC 3339",...}`. Written by hand, not as a
+/// struct with the record `#[serde(flatten)]`: flattening goes through serde's
+/// map serializer, which cost each call about 3,000 instructions (callgrind).
+pub(super) fn write_line(out: &mut Vec<u8>, seq: u64, prev: &str, time: &str, record: &Record) {
+    use std::io::Write;
+    // A hex hash and an RFC 3339 time hold nothing JSON escapes.
+    let _ = write!(out, r#"{{"seq":{seq},"prev":"{prev}","time":"{time}""#);
+    let brace = out.len();
+    serde_json::to_writer(&mut *out, record).expect("audit records serialize");
+    // The record's own `{` becomes the comma after the chain's fields.
+    debug_assert_eq!(out[brace], b'{');
+    out[brace] = b',';
 }
 
 /// The next sequence number and the hash of the last line of an existing log.
@@ -32,14 +36,14 @@ pub(super) fn chain_end(reader: impl BufRead) -> std::io::Result<(u64, String)> 
         None => (0, GENESIS.into()),
         Some(line) => {
             let seq = serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v["seq"].as_u64());
-            (seq.map_or(0, |s| s + 1), hash(&line))
+            (seq.map_or(0, |s| s + 1), hash(line.as_bytes()))
         }
     })
 }
 
-pub(super) fn hash(line: &str) -> String {
+pub(super) fn hash(line: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, line.as_bytes());
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, line);
     let mut out = String::with_capacity(64);
     for b in d.as_ref() {
         out.push(HEX[usize::from(b >> 4)] as char);
@@ -119,7 +123,7 @@ pub fn verify(
             }
         }
         records += 1;
-        prev = Some((seq, hash(&line)));
+        prev = Some((seq, hash(line.as_bytes())));
     }
     let Some((_, head)) = prev else { return Err(ChainError::Empty.into()) };
     if let Some(expected) = expected_head

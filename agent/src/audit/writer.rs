@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
 use super::Record;
-use super::chain::{GENESIS, Line, chain_end, hash};
+use super::chain::{GENESIS, chain_end, hash, write_line};
 
 const HEAD_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -76,7 +76,7 @@ impl AuditLog {
         // A write into the page cache returns at once; fsync, or a pipe that
         // whoever reads standard output drains slowly, may not.
         let blocking = !matches!(sink, Sink::File { fsync: false, .. });
-        let writer = Writer { sink, seq, prev, last_head_log: Instant::now(), failures, text: String::new() };
+        let writer = Writer { sink, seq, prev, last_head_log: Instant::now(), failures, text: Vec::new() };
         let shared = Shared { waiting: Mutex::new(Vec::new()), writer: Mutex::new(writer), blocking };
         Ok(AuditLog { shared: Arc::new(shared) })
     }
@@ -130,7 +130,7 @@ struct Writer {
     prev: String,
     last_head_log: Instant,
     failures: Counter,
-    text: String,
+    text: Vec<u8>,
 }
 
 impl Writer {
@@ -157,23 +157,21 @@ impl Writer {
         let (mut seq, mut prev) = (self.seq, self.prev.clone());
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         for (record, _) in batch {
-            let line = serde_json::to_string(&Line { seq, prev: &prev, time: &time, record })
-                .expect("audit records serialize");
-            prev = hash(&line);
+            let start = text.len();
+            write_line(text, seq, &prev, &time, record);
+            prev = hash(&text[start..]);
             seq += 1;
-            text.push_str(&line);
-            text.push('\n');
+            text.push(b'\n');
         }
         let io = |e: std::io::Error| NotWritten(e.to_string());
         match &mut self.sink {
             Sink::Stdout => {
                 let mut out = std::io::stdout().lock();
-                out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(io)?;
+                out.write_all(text).and_then(|()| out.flush()).map_err(io)?;
             }
             Sink::File { file, fsync } => {
                 let before = file.metadata().map_err(io)?.len();
-                let written =
-                    file.write_all(text.as_bytes()).and_then(|()| if *fsync { file.sync_data() } else { Ok(()) });
+                let written = file.write_all(text).and_then(|()| if *fsync { file.sync_data() } else { Ok(()) });
                 if let Err(e) = written {
                     // A part of the batch may be in the file: cut it, so the
                     // chain goes on from the last record really written.
