@@ -38,6 +38,24 @@ async fn every_value_a_client_received_is_in_the_audit_log_even_after_sigkill() 
     assert_eq!(served, received, "one record per value received");
     let out = stack.vaultlet(&["audit", "verify", stack.audit_log().to_str().unwrap()], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Hiding a read afterwards, by removing its record or by editing who made
+    // it, breaks the chain the agent wrote.
+    let text = std::fs::read_to_string(stack.audit_log()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let read = lines.len() - 100;
+    assert!(lines[read].contains(r#""status":"OK""#) && lines[read].contains(r#""caller":"shop/web""#));
+    let removed: Vec<&str> = lines.iter().enumerate().filter(|(i, _)| *i != read).map(|(_, l)| *l).collect();
+    let edited =
+        text.replacen(lines[read], &lines[read].replace(r#""caller":"shop/web""#, r#""caller":"shop/other""#), 1);
+    for (attempt, forged) in [("removed", removed.join("\n") + "\n"), ("edited", edited)] {
+        let path = stack.dir.path().join(format!("audit-{attempt}.log"));
+        std::fs::write(&path, forged).unwrap();
+        let out = stack.vaultlet(&["audit", "verify", path.to_str().unwrap()], None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a record {attempt}: the log still verifies");
+        assert!(stderr.contains("the chain is broken"), "a record {attempt}: {stderr}");
+    }
 }
 
 /// A tmpfs of a few KiB, mounted for the test (the tests run as root).

@@ -154,13 +154,21 @@ async fn an_annotation_edit_alone_ends_the_watch() {
     let _agent = stack.start_agent(&["--peer-binding", "off"]);
     let web = stack.app("shop", "web", "web-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"password":"p"}"#);
+    // Another Secret that says the same: the agent keeps one shared copy of
+    // an annotation's value, which the edit below must not change for it.
+    stack.seal("shop", "cache", "shop", "web", r#"{"password":"c"}"#);
     stack.wait_readable(&web, "db").await;
+    stack.wait_readable(&web, "cache").await;
     let mut events = stack.client(&web).await.watch(["db"]).unwrap();
     next(&mut events).await;
     let mut secret: Secret = stack.kube.get("shop", "db").await.unwrap();
     secret.metadata.annotations.as_mut().unwrap().insert("vaultlet.io/allowed-service-accounts".into(), "other".into());
     stack.kube.replace(secret).await.unwrap();
     assert_eq!(ended_with(&mut events).await.code(), Code::PermissionDenied);
+    let client = stack.client(&web).await;
+    assert_eq!(client.get_secrets(["db"]).await.expect_err("db no longer lists web").code(), Code::PermissionDenied);
+    let got = client.get_secrets(["cache"]).await.expect("cache still lists web");
+    assert_eq!(got["cache"].values["password"].expose_secret(), "c");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

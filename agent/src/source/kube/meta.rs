@@ -56,7 +56,6 @@ impl<'de> Deserialize<'de> for CatalogMeta {
         // Fields not named here are skipped (serde ignores unknown fields).
         #[derive(Deserialize)]
         struct Object {
-            #[serde(default)]
             metadata: Option<Fields>,
         }
         #[derive(Deserialize)]

@@ -55,10 +55,10 @@ impl Annotations {
         let Some(slot) = handle.0.checked_sub(1) else { return };
         let held = self.held_mut(slot);
         held.users -= 1;
-        if held.users == 0 {
-            let value = held.value.clone();
-            self.by_value.remove(&value);
-            self.slots[slot as usize] = None;
+        if held.users == 0
+            && let Some(gone) = self.slots[slot as usize].take()
+        {
+            self.by_value.remove(&gone.value);
             self.free.push(slot);
         }
     }
