@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use futures::{Stream, StreamExt};
@@ -34,7 +34,7 @@ use vaultlet_client::SecretRef;
 use vaultlet_client::proto::EventKind;
 
 use crate::cache::{Published, SecretState, Subscription};
-use crate::secret::{SecretId, SecretVersion};
+use crate::secret::{SecretId, SecretVersion, ViewMemo};
 
 /// One reference of a watch request, resolved and subscribed.
 pub struct Watched {
@@ -113,9 +113,17 @@ pin_project_lite::pin_project! {
         trackers: Vec<Tracker>,
         // Every reference is checked again when it changes.
         rechecks: Option<WatchStream<u64>>,
+        // Whether `rechecks` changed, read without its lock (see `registered`).
+        rechecks_seen: Option<watch::Receiver<u64>>,
         // The caller's token expiry: every reference is checked again.
         #[pin]
         until: Option<Sleep>,
+        // The waker `rechecks` and `until` were last left pending with. Polled
+        // again only when one may have fired or another task polls the stream:
+        // a pending poll of a watch channel takes its lock, and every stream
+        // shares the recheck channel, so a change fanned out to 10,000 streams
+        // would otherwise queue them on it.
+        registered: Option<Waker>,
         guard: Arc<dyn Authorize>,
         ready: VecDeque<Item>,
         revoked: bool,
@@ -154,8 +162,10 @@ pub fn events(
         .collect();
     Events {
         trackers,
+        rechecks_seen: rechecks.clone(),
         rechecks: rechecks.map(WatchStream::from_changes),
         until: until.map(|t| tokio::time::sleep_until(t.into())),
+        registered: None,
         guard,
         ready: VecDeque::new(),
         revoked: false,
@@ -193,22 +203,38 @@ impl Stream for Events {
             // registered its wake-up.
             let mut open = false;
             let mut wake = None;
-            if let Some(rechecks) = this.rechecks.as_mut() {
-                match rechecks.poll_next_unpin(cx) {
-                    Poll::Ready(Some(_)) => wake = Some(Wake::All),
-                    Poll::Ready(None) => *this.rechecks = None,
-                    Poll::Pending => open = true,
-                }
-            }
-            if wake.is_none()
-                && let Some(until) = this.until.as_mut().as_pin_mut()
-            {
-                match until.poll(cx) {
-                    Poll::Ready(()) => {
-                        this.until.set(None);
-                        wake = Some(Wake::All);
+            let quiet = this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+                && this.rechecks_seen.as_ref().is_none_or(|r| matches!(r.has_changed(), Ok(false)))
+                && this.until.as_ref().as_pin_ref().is_none_or(|u| u.deadline() > tokio::time::Instant::now());
+            if quiet {
+                open = true;
+            } else {
+                *this.registered = None;
+                if let Some(rechecks) = this.rechecks.as_mut() {
+                    match rechecks.poll_next_unpin(cx) {
+                        Poll::Ready(Some(_)) => {
+                            if let Some(seen) = this.rechecks_seen.as_mut() {
+                                seen.mark_unchanged();
+                            }
+                            wake = Some(Wake::All);
+                        }
+                        Poll::Ready(None) => (*this.rechecks, *this.rechecks_seen) = (None, None),
+                        Poll::Pending => open = true,
                     }
-                    Poll::Pending => open = true,
+                }
+                if wake.is_none()
+                    && let Some(until) = this.until.as_mut().as_pin_mut()
+                {
+                    match until.poll(cx) {
+                        Poll::Ready(()) => {
+                            this.until.set(None);
+                            wake = Some(Wake::All);
+                        }
+                        Poll::Pending => open = true,
+                    }
+                }
+                if wake.is_none() && open {
+                    *this.registered = Some(cx.waker().clone());
                 }
             }
             for (i, t) in this.trackers.iter_mut().enumerate() {
@@ -337,7 +363,8 @@ impl Tracker {
                     self.failed_revision = None;
                     return;
                 }
-                let key_version = match &version.view(&self.id, &self.reference).key_version {
+                let view = version.view(&self.id, &self.reference);
+                let key_version = match &view.key_version {
                     Ok(k) => *k,
                     Err(e) => {
                         // This version lacks what the reference asks for (a data key, a
@@ -354,7 +381,7 @@ impl Tracker {
                         return;
                     }
                 };
-                if let Some(kind) = self.values_event(version, key_version) {
+                if let Some(kind) = self.values_event(version, &view, key_version) {
                     out.push_back(self.event(kind, Some(version.clone()), None));
                 }
                 self.sent = Sent::Version(version.clone(), key_version);
@@ -371,7 +398,7 @@ impl Tracker {
     }
 
     /// Which event, if any, a new good version means for this subscriber.
-    fn values_event(&mut self, version: &Arc<SecretVersion>, key_version: u32) -> Option<EventKind> {
+    fn values_event(&mut self, version: &Arc<SecretVersion>, view: &ViewMemo, key_version: u32) -> Option<EventKind> {
         match &self.sent {
             Sent::Nothing => {
                 let known = self.known_revision.take();
@@ -379,7 +406,7 @@ impl Tracker {
             }
             Sent::Deleted => Some(EventKind::ContentChanged),
             Sent::Version(old, _) if Arc::ptr_eq(old, version) || old.revision == version.revision => None,
-            Sent::Version(old, _) if !version.same_view(old, &self.id, &self.reference) => {
+            Sent::Version(old, _) if !version.same_view_as(view, old, &self.id, &self.reference) => {
                 Some(EventKind::ContentChanged)
             }
             Sent::Version(_, old_key) if *old_key != key_version => Some(EventKind::Recrypted),
@@ -641,6 +668,53 @@ mod tests {
         guard.deny("other");
         reloads.send_modify(|n| *n += 1);
         assert!(matches!(next_item(&mut s).await, Item::Revoked(_)), "a policy reload revokes");
+    }
+
+    #[tokio::test]
+    async fn a_recheck_after_events_still_revokes() {
+        let (tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
+        let reloads = watch::Sender::new(0);
+        let guard = Arc::new(Switch::default());
+        let mut s =
+            super::events(vec![watched(0, "app", None, rx)], guard.clone(), Some(reloads.subscribe()), None, delays())
+                .boxed();
+        assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
+        // Woken by its state: the recheck channel is left as it was registered.
+        tx.send_replace(ready(version("2", &[("k", 1, r#"{"a":"2"}"#)])));
+        assert_eq!(next(&mut s).await.kind, EventKind::ContentChanged);
+        quiet(&mut s).await;
+        guard.deny("app");
+        reloads.send_modify(|n| *n += 1);
+        assert!(matches!(next_item(&mut s).await, Item::Revoked(_)), "a policy reload revokes");
+    }
+
+    #[tokio::test]
+    async fn a_stream_polled_by_another_task_registers_again() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Count(AtomicUsize);
+        impl futures::task::ArcWake for Count {
+            fn wake_by_ref(me: &Arc<Self>) {
+                me.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let (_tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
+        let reloads = watch::Sender::new(0);
+        let mut s = super::events(
+            vec![watched(0, "app", None, rx)],
+            Arc::new(Switch::default()),
+            Some(reloads.subscribe()),
+            None,
+            delays(),
+        )
+        .boxed();
+        assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
+        let (first, second) = (Arc::new(Count(AtomicUsize::new(0))), Arc::new(Count(AtomicUsize::new(0))));
+        for count in [&first, &second] {
+            let waker = futures::task::waker(count.clone());
+            assert!(s.poll_next_unpin(&mut Context::from_waker(&waker)).is_pending());
+        }
+        reloads.send_modify(|n| *n += 1);
+        assert!(second.0.load(Ordering::SeqCst) > 0, "the task polling it now is woken");
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
@@ -70,6 +70,9 @@ pub struct ViewMemo {
     pub key_version: Result<u32, ProjectionError>,
     /// Its wire encoding (values included), once a stream needed it.
     pub wire: OnceLock<Arc<Zeroizing<Vec<u8>>>>,
+    /// Whether it sees the same values as a version before it: worked out by
+    /// the first subscriber of a change, for the others that held the same one.
+    pub same_as: OnceLock<(Weak<SecretVersion>, bool)>,
 }
 
 /// What a reference is not allowed to ask of a version.
@@ -196,12 +199,27 @@ impl SecretVersion {
         if let Some((_, memo)) = views.iter().find(|(kept, _)| kept == r) {
             return memo.clone();
         }
-        let memo =
-            Arc::new(ViewMemo { key_version: self.project(id, r).map(|v| v.key_version), wire: OnceLock::new() });
+        let memo = Arc::new(ViewMemo {
+            key_version: self.project(id, r).map(|v| v.key_version),
+            wire: OnceLock::new(),
+            same_as: OnceLock::new(),
+        });
         if views.len() < VIEWS_KEPT {
             views.push((r.clone(), memo.clone()));
         }
         memo
+    }
+
+    /// `same_view`, kept in `memo` (this version's view for `r`) for `old`.
+    pub fn same_view_as(&self, memo: &ViewMemo, old: &Arc<SecretVersion>, id: &SecretId, r: &SecretRef) -> bool {
+        if let Some((seen, same)) = memo.same_as.get()
+            && std::ptr::eq(seen.as_ptr(), Arc::as_ptr(old))
+        {
+            return *same;
+        }
+        let same = self.same_view(old, id, r);
+        let _ = memo.same_as.set((Arc::downgrade(old), same));
+        same
     }
 
     /// True when `r` sees the same values in both versions.
@@ -301,5 +319,21 @@ pub(crate) mod tests {
         let new = version("2", &[("a.json", 1, r#"{"x":"1","y":"2"}"#)]).share_unchanged(&old);
         assert!(new.same_view(&old, &id, &r("app", &["x"])));
         assert!(!new.same_view(&old, &id, &r("app", &["y"])));
+    }
+
+    #[test]
+    fn a_kept_comparison_answers_only_for_the_version_it_was_made_with() {
+        let (id, app) = (SecretId::new("default", "app"), r("app", &[]));
+        let same = Arc::new(version("1", &[("a.json", 1, r#"{"x":"1"}"#)]));
+        let other = Arc::new(version("0", &[("a.json", 1, r#"{"x":"0"}"#)]));
+        let new = version("2", &[("a.json", 2, r#"{"x":"1"}"#)]).share_unchanged(&same);
+        let memo = new.view(&id, &app);
+        assert!(new.same_view_as(&memo, &same, &id, &app));
+        assert!(!new.same_view_as(&memo, &other, &id, &app), "another version held: compared, not remembered");
+        assert!(new.same_view_as(&memo, &same, &id, &app));
+        // A version freed and another at its address: the kept one's allocation stays, so no match.
+        drop(same);
+        let later = Arc::new(version("3", &[("a.json", 1, r#"{"x":"9"}"#)]));
+        assert!(!new.same_view_as(&memo, &later, &id, &app));
     }
 }
