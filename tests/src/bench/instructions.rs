@@ -8,9 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde::Serialize;
-use vaultlet_client::Client;
+use vaultlet_client::{Client, EventKind};
 
-use super::{AGENT_LIMITS, load, round, say};
+use super::{AGENT_LIMITS, Watchers, load, rewrap_hot, root_transit, round, say};
 use crate::stack::{App, Stack};
 
 #[derive(Serialize)]
@@ -25,16 +25,31 @@ pub struct Instructions {
     /// hides the CPU's SHA extensions, so this is the cost of aws-lc's AVX
     /// code, which a CPU with SHA-NI does not run.
     pub audit_hash_per_call: f64,
+    /// Watch streams that received one rotation's event.
+    pub fan_out_streams: usize,
+    /// Instructions of the agent per event delivered, the change's one load and
+    /// decrypt included.
+    pub per_event: f64,
+}
+
+/// What is counted: `calls` of each kind at `concurrency`, then a rotation
+/// of `hot` reaching `streams` watch streams held by the pods `watchers`.
+pub struct Counted<'a> {
+    pub calls: usize,
+    pub concurrency: usize,
+    pub streams: usize,
+    pub watchers: &'a [App],
 }
 
 pub async fn run(
     stack: &Stack,
     me: &App,
     reference: &str,
-    calls: usize,
-    concurrency: usize,
+    counted: Counted<'_>,
+    bench_bin: &Path,
     keep: Option<&Path>,
 ) -> Instructions {
+    let Counted { calls, concurrency, streams, watchers } = counted;
     let dir = stack.dir.path().join("callgrind");
     std::fs::create_dir_all(&dir).expect("callgrind directory");
     let out = dir.join("callgrind.out");
@@ -75,6 +90,15 @@ pub async fn run(
     load(concurrency, calls, get).await;
     let get_total = dump(&dir, pid, "get");
     let get_dump = newest_dump(&dir);
+
+    let mut watching = Watchers::open(stack, watchers, streams / watchers.len(), bench_bin).await;
+    let transit = root_transit(stack);
+    let rotated = rewrap_hot(stack, &transit).await;
+    dump(&dir, pid, "watching");
+    stack.kube.replace(rotated).await.expect("write the rotated Secret");
+    watching.arrived(EventKind::Recrypted).await;
+    let per_event = dump(&dir, pid, "fan-out") as f64 / streams as f64;
+    watching.close().await;
     agent.kill();
     if let Some(keep) = keep {
         std::fs::create_dir_all(keep).expect("the directory for callgrind dumps");
@@ -89,6 +113,7 @@ pub async fn run(
     say(&format!(
         "  {calls} calls each at concurrency {concurrency}: GetSecrets {get_per_call:.0} (SHA-256 of its audit line: {audit_hash_per_call:.0}), empty RPC {empty_per_call:.0} instructions a call"
     ));
+    say(&format!("  a rotation to {streams} watch streams: {per_event:.0} instructions an event"));
     Instructions {
         calls,
         concurrency,
@@ -96,6 +121,8 @@ pub async fn run(
         empty_per_call: round(empty_per_call),
         ratio: round(get_per_call / empty_per_call),
         audit_hash_per_call: round(audit_hash_per_call),
+        fan_out_streams: streams,
+        per_event: round(per_event),
     }
 }
 

@@ -89,9 +89,11 @@ pub async fn pod_client(args: PodClient) {
 
 /// Opens its streams in bursts, as a fleet of restarting services does: each
 /// connection's 100 at once (a pod may have 256 calls waiting), one connection
-/// after the other. Says `ready` once every snapshot arrived, then, until its
-/// standard input closes, prints `event KIND MONOTONIC_NS` for each event its
-/// streams received, a kind's all at once when each stream has had one.
+/// after the other. Says `ready` once every snapshot arrived. Then it keeps the
+/// time each event arrives, says `have KIND` once each stream has had an event
+/// of that kind, and prints `event KIND MONOTONIC_NS` for each when its
+/// standard input says `times KIND`; it ends when its standard input closes.
+/// So while events still arrive anywhere, no pod spends anything on reporting.
 pub async fn pod_watcher(args: PodWatcher) {
     use futures::StreamExt;
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(EventKind, u128)>();
@@ -127,37 +129,51 @@ pub async fn pod_watcher(args: PodWatcher) {
         }
     }
     println!("ready");
-    // The times are kept, and a kind's go out in one write once every stream
-    // has had its event: while the agent's events are still arriving, this
-    // process spends nothing on the harness (nor does the harness reading it).
-    let per_kind = streams.len();
-    let printer = tokio::spawn(async move {
-        use std::io::Write;
-        let mut times: Vec<(EventKind, Vec<u128>)> = Vec::new();
-        while let Some((kind, at)) = seen_rx.recv().await {
-            let at_kind = match times.iter().position(|(k, _)| *k == kind) {
-                Some(i) => i,
-                None => {
-                    times.push((kind, Vec::with_capacity(per_kind)));
-                    times.len() - 1
-                }
-            };
-            let arrived = &mut times[at_kind].1;
-            arrived.push(at);
-            if arrived.len() == per_kind {
-                let text: String = arrived.drain(..).map(|at| format!("event {} {at}\n", kind.as_str())).collect();
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(text.as_bytes());
-                let _ = out.flush();
+    let (asked_tx, mut asked) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if asked_tx.send(line).is_err() {
+                break;
             }
         }
     });
-    let mut line = String::new();
-    let _ = tokio::task::spawn_blocking(move || std::io::stdin().lock().read_line(&mut line)).await;
+    let per_kind = streams.len();
+    let mut times: Vec<(EventKind, Vec<u128>)> = Vec::new();
+    loop {
+        tokio::select! {
+            Some((kind, at)) = seen_rx.recv() => {
+                let i = match times.iter().position(|(k, _)| *k == kind) {
+                    Some(i) => i,
+                    None => {
+                        times.push((kind, Vec::with_capacity(per_kind)));
+                        times.len() - 1
+                    }
+                };
+                times[i].1.push(at);
+                if times[i].1.len() == per_kind {
+                    println!("have {}", kind.as_str());
+                }
+            }
+            line = asked.recv() => {
+                let Some(line) = line else { break };
+                let Some(wanted) = line.strip_prefix("times ") else { continue };
+                use std::fmt::Write;
+                let mut text = String::new();
+                if let Some((kind, arrived)) = times.iter_mut().find(|(k, _)| k.as_str() == wanted) {
+                    for at in arrived.drain(..) {
+                        let _ = writeln!(text, "event {} {at}", kind.as_str());
+                    }
+                }
+                print!("{text}");
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
     for s in streams {
         s.abort();
     }
-    printer.abort();
 }
 
 pub async fn seed_client(args: SeedClient) {

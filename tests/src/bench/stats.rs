@@ -8,6 +8,7 @@ use serde::Serialize;
 #[derive(Serialize, Clone, Debug)]
 pub struct Summary {
     pub count: usize,
+    pub min_us: f64,
     pub p50_us: f64,
     pub p90_us: f64,
     pub p99_us: f64,
@@ -19,6 +20,7 @@ pub fn summarize(samples: &mut [Duration]) -> Summary {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     Summary {
         count: samples.len(),
+        min_us: us(samples.first().copied().unwrap_or_default()),
         p50_us: us(percentile(samples, 0.50)),
         p90_us: us(percentile(samples, 0.90)),
         p99_us: us(percentile(samples, 0.99)),

@@ -46,24 +46,24 @@ enum Role {
     PodWatcher(bench::pods::PodWatcher),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    // A pod runs on one thread, as a small service does: a hundred of them
+    // each with a pool of workers would measure the pools, not the agent.
+    let pod = |f: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        runtime.block_on(f);
+        ExitCode::SUCCESS
+    };
     match args.role {
-        Some(Role::PodClient(a)) => {
-            bench::pods::pod_client(a).await;
-            return ExitCode::SUCCESS;
-        }
-        Some(Role::SeedClient(a)) => {
-            bench::pods::seed_client(a).await;
-            return ExitCode::SUCCESS;
-        }
-        Some(Role::PodWatcher(a)) => {
-            bench::pods::pod_watcher(a).await;
-            return ExitCode::SUCCESS;
-        }
-        None => {}
+        Some(Role::PodClient(a)) => pod(Box::pin(bench::pods::pod_client(a))),
+        Some(Role::SeedClient(a)) => pod(Box::pin(bench::pods::seed_client(a))),
+        Some(Role::PodWatcher(a)) => pod(Box::pin(bench::pods::pod_watcher(a))),
+        None => tokio::runtime::Runtime::new().expect("tokio runtime").block_on(measure(args)),
     }
+}
+
+async fn measure(args: Args) -> ExitCode {
     vaultlet::cli::install_crypto_provider();
     if let Err(e) = vaultlet_tests::agent::build_agent_for_this_profile() {
         eprintln!("vaultlet-bench: {e}");
