@@ -29,7 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(&[&proto], &[&proto_root])?;
     if std::env::var_os("CARGO_FEATURE_SERVER").is_some() {
         // The server trait, over the messages generated above, except that it
-        // sends `SecretEvent`s in their pre-encoded form (see `encoded`).
+        // sends `SecretEvent`s and `GetSecretsResponse`s in their pre-encoded
+        // form (see `encoded`).
         let server_dir = out_dir.join("server");
         std::fs::create_dir_all(&server_dir)?;
         tonic_prost_build::configure()
@@ -37,6 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .build_client(false)
             .codec_path("crate::codec::SmallBufferCodec")
             .extern_path(".vaultlet.v1.SecretEvent", "crate::encoded::EncodedEvent")
+            .extern_path(".vaultlet.v1.GetSecretsResponse", "crate::encoded::EncodedSecrets")
             .extern_path(".vaultlet.v1", "crate::proto")
             .out_dir(&server_dir)
             .compile_protos(&[&proto], &[&proto_root])?;

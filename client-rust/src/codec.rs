@@ -78,20 +78,6 @@ pub trait Wipe {
 impl Wipe for proto::GetSecretsRequest {}
 impl Wipe for proto::WatchSecretsRequest {}
 
-impl Wipe for proto::GetSecretsResponse {
-    fn wipe(&mut self) {
-        self.secrets.iter_mut().for_each(Wipe::wipe);
-    }
-}
-
-impl Wipe for proto::SecretEvent {
-    fn wipe(&mut self) {
-        if let Some(s) = &mut self.secret {
-            s.wipe();
-        }
-    }
-}
-
 impl Wipe for proto::Secret {
     fn wipe(&mut self) {
         for (_, mut value) in std::mem::take(&mut self.values) {

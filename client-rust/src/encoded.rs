@@ -1,8 +1,9 @@
-//! The agent's form of a `SecretEvent`: its `Secret` already encoded, shared
-//! by every subscriber of a change. One encoding then serves them all: each
-//! copies bytes into its stream, where it would have built, encoded and wiped
-//! a message of its own. On the wire it is a `SecretEvent`: an embedded message
-//! is a length-delimited field, exactly as bytes are (checked below).
+//! The agent's forms of a `SecretEvent` and a `GetSecretsResponse`: their
+//! `Secret`s already encoded, shared by every subscriber of a change and every
+//! read of a version. One encoding then serves them all: each copies bytes
+//! into its stream, where it would have built, encoded and wiped a message of
+//! its own. On the wire they are the generated messages: an embedded message is
+//! a length-delimited field, exactly as bytes are (checked below).
 
 use std::sync::Arc;
 
@@ -78,6 +79,42 @@ impl Message for EncodedEvent {
 /// Holds no value of its own: the shared encoding is zeroized with its last holder.
 impl Wipe for EncodedEvent {}
 
+/// A `GetSecretsResponse` of encoded `Secret`s.
+#[derive(Debug, Default, Clone)]
+pub struct EncodedSecrets {
+    pub secrets: Vec<EncodedSecret>,
+}
+
+impl Message for EncodedSecrets {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        for secret in &self.secrets {
+            encoding::bytes::encode(1, &**secret as &Vec<u8>, buf);
+        }
+    }
+
+    /// The agent only sends responses; nothing decodes this form.
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.secrets.iter().map(|s| encoding::bytes::encoded_len(1, &**s as &Vec<u8>)).sum()
+    }
+
+    fn clear(&mut self) {
+        self.secrets.clear();
+    }
+}
+
+/// Holds no value of its own, as `EncodedEvent`.
+impl Wipe for EncodedSecrets {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +151,24 @@ mod tests {
             assert_eq!(bytes.len(), encoded.encoded_len());
             assert_eq!(bytes, expected.encode_to_vec());
             assert_eq!(proto::SecretEvent::decode(&bytes[..]).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn encoded_secrets_are_a_get_secrets_response_on_the_wire() {
+        let secret = |name: &str, value: &str| proto::Secret {
+            r#ref: Some(proto::SecretRef { namespace: "default".into(), name: name.into(), ..Default::default() }),
+            revision: "7".into(),
+            values: [("password".to_owned(), value.to_owned())].into(),
+            ..Default::default()
+        };
+        for secrets in [vec![], vec![secret("a", "1")], vec![secret("a", "1"), secret("b", "2")]] {
+            let expected = proto::GetSecretsResponse { secrets: secrets.clone() };
+            let encoded = EncodedSecrets { secrets: secrets.iter().map(EncodedEvent::encode_secret).collect() };
+            let bytes = encoded.encode_to_vec();
+            assert_eq!(bytes.len(), encoded.encoded_len());
+            assert_eq!(bytes, expected.encode_to_vec());
+            assert_eq!(proto::GetSecretsResponse::decode(&bytes[..]).unwrap(), expected);
         }
     }
 }

@@ -105,13 +105,17 @@ impl FromStr for SecretRef {
 }
 
 impl fmt::Display for SecretRef {
+    // Pieces written as they are (no `write!`): the agent formats every
+    // reference of every call for its audit record.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.namespace.is_empty() {
-            write!(f, "{}/", self.namespace)?;
+            f.write_str(&self.namespace)?;
+            f.write_str("/")?;
         }
         f.write_str(&self.name)?;
         if let Some(key) = &self.data_key {
-            write!(f, ":{key}")?;
+            f.write_str(":")?;
+            f.write_str(key)?;
         }
         Ok(())
     }

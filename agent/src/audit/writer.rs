@@ -199,7 +199,7 @@ mod tests {
             caller: Some(Arc::from("app/web")),
             ..Record::default()
         };
-        r.push_secret(&format!("app/s{n}"));
+        r.push_secret(format!("app/s{n}"));
         r
     }
 

@@ -4,11 +4,11 @@
 //! copied out of its pod is worthless here. In development mode every caller
 //! of the socket is trusted.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{Ascii, MetadataKey, MetadataMap};
 use vaultlet_client::TOKEN_METADATA;
 
 pub mod peer;
@@ -256,7 +256,10 @@ fn pod_name(r: &Reviewed) -> String {
 /// <token>` (what the Rust client sends once the agent announced it reads it;
 /// see `vaultlet_client::TOKEN_METADATA`). Borrowed from the request.
 fn bearer<'a>(metadata: &'a MetadataMap, audience: &str) -> Result<&'a str, AuthError> {
-    let token = match (metadata.get(TOKEN_METADATA), metadata.get("authorization")) {
+    // Keys made once: a lookup by `&str` parses the header name every call.
+    static TOKEN: LazyLock<MetadataKey<Ascii>> = LazyLock::new(|| MetadataKey::from_static(TOKEN_METADATA));
+    static AUTHORIZATION: LazyLock<MetadataKey<Ascii>> = LazyLock::new(|| MetadataKey::from_static("authorization"));
+    let token = match (metadata.get(&*TOKEN), metadata.get(&*AUTHORIZATION)) {
         (Some(_), Some(_)) => return Err(AuthError::TwoTokens),
         (Some(value), None) => value.to_str().map_err(|_| AuthError::MalformedHeader)?,
         (None, Some(value)) => {

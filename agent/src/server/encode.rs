@@ -1,20 +1,32 @@
 //! The wire form of secrets: the one place values leave their zeroizing
-//! containers. The messages built here are wiped once encoded (see
-//! `vaultlet_client::codec`); the encoded bytes then belong to HTTP/2. A watch
-//! event's encoding is kept with its version (`ViewMemo::wire`, zeroized with
-//! it) and shared by the subscribers of the change.
+//! containers. A reference's view of a version is encoded once, kept with the
+//! version (`ViewMemo::wire`, zeroized with it) and shared by every read and
+//! every subscriber of the change; the message it is encoded from is wiped at
+//! once. The bytes copied from it then belong to HTTP/2.
 
 use secrecy::ExposeSecret;
 use vaultlet_client::SecretRef;
 use vaultlet_client::codec::Wipe;
-use vaultlet_client::encoded::EncodedEvent;
+use vaultlet_client::encoded::{EncodedEvent, EncodedSecret};
 use vaultlet_client::proto::{self, EventKind};
 
 use crate::hub::{self, HubEvent};
 use crate::secret::{ProjectionError, SecretId, SecretVersion, wire_format};
 
+/// The wire form of what `r` sees of `version`, encoded once per version and reference.
+pub fn encode_shared(id: &SecretId, r: &SecretRef, version: &SecretVersion) -> Result<EncodedSecret, ProjectionError> {
+    let view = version.view(id, r);
+    if let Some(wire) = view.wire.get() {
+        return Ok(wire.clone());
+    }
+    let mut secret = encode(id, r, version)?;
+    let wire = view.wire.get_or_init(|| EncodedEvent::encode_secret(&secret)).clone();
+    secret.wipe();
+    Ok(wire)
+}
+
 /// What `r` sees of `version`.
-pub fn encode(id: &SecretId, r: &SecretRef, version: &SecretVersion) -> Result<proto::Secret, ProjectionError> {
+fn encode(id: &SecretId, r: &SecretRef, version: &SecretVersion) -> Result<proto::Secret, ProjectionError> {
     let view = version.project(id, r)?;
     Ok(proto::Secret {
         r#ref: Some(r.clone().into()),
@@ -40,16 +52,8 @@ pub fn encode_event(e: HubEvent, id: &SecretId, reference: &SecretRef) -> Encode
         error: error.map(error_to_proto),
     };
     let Some(version) = &e.version else { return event(e.kind, only_ref(), e.error) };
-    let view = version.view(id, reference);
-    if let Some(wire) = view.wire.get() {
-        return event(e.kind, wire.clone(), e.error);
-    }
-    match encode(id, reference, version) {
-        Ok(mut secret) => {
-            let wire = view.wire.get_or_init(|| EncodedEvent::encode_secret(&secret)).clone();
-            secret.wipe();
-            event(e.kind, wire, e.error)
-        }
+    match encode_shared(id, reference, version) {
+        Ok(wire) => event(e.kind, wire, e.error),
         Err(p) => {
             let error = hub::EventError { code: p.code(), message: p.to_string(), revision: version.revision.clone() };
             event(EventKind::Error, only_ref(), Some(error))

@@ -3,21 +3,20 @@
 //! value leaves only after its record is written.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use futures::Stream;
 use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
 use tonic::{Request, Response, Status};
-use vaultlet_client::codec::Wipe;
-use vaultlet_client::encoded::EncodedEvent;
+use vaultlet_client::encoded::{EncodedEvent, EncodedSecret, EncodedSecrets};
 use vaultlet_client::proto::{self};
 use vaultlet_client::server::secrets_server::Secrets;
 use vaultlet_client::{FEATURES_METADATA, INDEXED_TOKEN, SecretRef, code_name};
 
 use super::authorize::authorize;
-use super::encode::encode;
+use super::encode::encode_shared;
 use super::error::ServiceError;
 use super::watch;
 use crate::audit::{AuditLog, Decision, NotWritten, Record};
@@ -157,7 +156,7 @@ impl SecretsService {
         let caller = self.parts.auth.authenticate(peer, metadata).await?;
         call.identify(&caller);
         let (texts, resolved) = authorize(&caller, refs, &self.parts.policy);
-        texts.iter().for_each(|t| call.record.push_secret(t));
+        texts.into_iter().for_each(|t| call.record.push_secret(t));
         let resolved = resolved?;
         call.authorized = true;
         Ok((caller, resolved))
@@ -189,37 +188,29 @@ impl SecretsService {
         self.counters.calls[method as usize][code as usize].inc();
     }
 
-    async fn get(
-        &self,
-        mut request: Request<proto::GetSecretsRequest>,
-    ) -> Result<Response<proto::GetSecretsResponse>, Status> {
+    async fn get(&self, mut request: Request<proto::GetSecretsRequest>) -> Result<Response<EncodedSecrets>, Status> {
         let refs = std::mem::take(&mut request.get_mut().refs).into_iter().map(Some).collect();
         let peer = request.extensions().get::<Peer>();
         let mut call = Call::new(Method::Get, peer);
         let outcome = async {
             let (_, resolved) = self.admit(&mut call, peer, request.metadata(), refs).await?;
             // Several secrets load concurrently (a cold start pays one round trip).
-            let loaded = futures::future::try_join_all(resolved.into_iter().map(|(id, r)| self.load(id, r))).await?;
+            let loaded = futures::future::try_join_all(resolved.iter().map(|(id, r)| self.load(id, r))).await?;
             let mut secrets = Vec::with_capacity(loaded.len());
-            for (secret, unbound) in loaded {
+            for ((secret, unbound), (_, r)) in loaded.into_iter().zip(&resolved) {
                 if unbound {
-                    call.record.unbound.push(
-                        secret.r#ref.as_ref().map(|r| SecretRef::from(r.clone()).to_string()).unwrap_or_default(),
-                    );
+                    call.record.unbound.push(r.to_string());
                 }
                 secrets.push(secret);
             }
-            Ok(proto::GetSecretsResponse { secrets })
+            Ok(EncodedSecrets { secrets })
         }
         .await;
         let written = self.commit(call, outcome.as_ref().err()).await;
         let result = match (outcome, written) {
             (Ok(response), Ok(())) => Ok(announced(response)),
-            // Nothing leaves unaudited; the copies made for the wire are wiped.
-            (Ok(mut response), Err(e)) => {
-                response.wipe();
-                Err(ServiceError::from(e).into())
-            }
+            // Nothing leaves unaudited (the shared encodings stay with their versions).
+            (Ok(_), Err(e)) => Err(ServiceError::from(e).into()),
             // A refusal releases nothing: the caller hears the refusal.
             (Err(e), _) => Err(e.into()),
         };
@@ -228,20 +219,20 @@ impl SecretsService {
     }
 
     /// The wire form of `r`'s secret, and whether it was served unbound.
-    async fn load(&self, id: SecretId, r: SecretRef) -> Result<(proto::Secret, bool), ServiceError> {
+    async fn load(&self, id: &SecretId, r: &SecretRef) -> Result<(EncodedSecret, bool), ServiceError> {
         let state = self
             .parts
             .cache
-            .state(&id)
+            .state(id)
             .await
             .map_err(|error| ServiceError::Unavailable { reference: r.to_string(), error })?;
         match &state.state {
             SecretState::Absent => {
-                let hint = self.parts.cache.source().absent_hint(&id);
-                Err(ServiceError::NotFound { id, hint })
+                let hint = self.parts.cache.source().absent_hint(id);
+                Err(ServiceError::NotFound { id: id.clone(), hint })
             }
-            SecretState::Failed(e) => Err(ServiceError::Undecodable { id, message: e.message.clone() }),
-            SecretState::Ready { version, .. } => match encode(&id, &r, version) {
+            SecretState::Failed(e) => Err(ServiceError::Undecodable { id: id.clone(), message: e.message.clone() }),
+            SecretState::Ready { version, .. } => match encode_shared(id, r, version) {
                 Ok(secret) => Ok((secret, version.unbound)),
                 Err(error) => Err(ServiceError::Projection { reference: r.to_string(), error }),
             },
@@ -289,8 +280,12 @@ impl SecretsService {
 /// A response that tells the client what this agent reads (see
 /// `vaultlet_client::TOKEN_METADATA`: the token under a name HPACK indexes).
 fn announced<T>(message: T) -> Response<T> {
+    // Made once: from `&str`s, each response would parse and check them again.
+    static FEATURES: LazyLock<(MetadataKey<Ascii>, MetadataValue<Ascii>)> =
+        LazyLock::new(|| (MetadataKey::from_static(FEATURES_METADATA), MetadataValue::from_static(INDEXED_TOKEN)));
     let mut response = Response::new(message);
-    response.metadata_mut().insert(FEATURES_METADATA, MetadataValue::from_static(INDEXED_TOKEN));
+    let (key, value) = &*FEATURES;
+    response.metadata_mut().insert(key.clone(), value.clone());
     response
 }
 
@@ -299,7 +294,7 @@ impl Secrets for SecretsService {
     async fn get_secrets(
         &self,
         request: Request<proto::GetSecretsRequest>,
-    ) -> Result<Response<proto::GetSecretsResponse>, Status> {
+    ) -> Result<Response<EncodedSecrets>, Status> {
         self.get(request).await
     }
 
