@@ -5,7 +5,7 @@
 use std::io::BufRead;
 
 use super::Record;
-use super::record::{member, string};
+use super::record::{member, plain};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -15,10 +15,11 @@ pub(super) fn write_line(out: &mut Vec<u8>, seq: u64, prev: &str, time: &str, re
     out.push(b'{');
     member(out, "seq", false);
     out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    // A hex hash and an RFC 3339 time hold nothing JSON escapes.
     member(out, "prev", true);
-    string(out, prev);
+    plain(out, prev);
     member(out, "time", true);
-    string(out, time);
+    plain(out, time);
     out.push(b',');
     record.write_members(out);
     out.push(b'}');

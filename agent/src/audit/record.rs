@@ -89,12 +89,16 @@ impl Record {
     /// escaping looks at each byte on its own, about 2,500 instructions a
     /// record (callgrind), where most strings here need no escape at all.
     pub fn write_members(&self, out: &mut Vec<u8>) {
+        // Method, decision, status and binding are the agent's own words.
         member(out, "method", false);
-        string(out, self.method);
+        plain(out, self.method);
         member(out, "decision", true);
-        string(out, self.decision.name());
+        plain(out, self.decision.name());
+        if let Some(status) = self.status {
+            member(out, "status", true);
+            plain(out, status);
+        }
         let optional = [
-            ("status", self.status),
             ("reason", self.reason.as_deref()),
             ("caller", self.caller.as_deref()),
             ("pod", self.pod.as_deref()),
@@ -116,7 +120,7 @@ impl Record {
         }
         if let Some(binding) = self.binding {
             member(out, "binding", true);
-            string(out, binding);
+            plain(out, binding);
         }
         member(out, "secrets", true);
         strings(out, &self.secrets);
@@ -147,16 +151,20 @@ pub(super) fn member(out: &mut Vec<u8>, name: &str, comma: bool) {
 
 /// `text` as a JSON string: copied whole when it holds nothing JSON escapes
 /// (a control character, `"` or `\`), else escaped by serde_json.
-pub(super) fn string(out: &mut Vec<u8>, text: &str) {
+fn string(out: &mut Vec<u8>, text: &str) {
     // Without an early exit, so that the compiler checks many bytes at once.
-    let plain = text.bytes().fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\'));
-    if plain {
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
+    if text.bytes().fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\')) {
+        plain(out, text);
     } else {
         serde_json::to_writer(&mut *out, text).expect("a string serializes");
     }
+}
+
+/// `text`, known to hold nothing JSON escapes, as a JSON string.
+pub(super) fn plain(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'"');
 }
 
 fn strings(out: &mut Vec<u8>, texts: &[String]) {

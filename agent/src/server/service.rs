@@ -194,8 +194,12 @@ impl SecretsService {
         let mut call = Call::new(Method::Get, peer);
         let outcome = async {
             let (_, resolved) = self.admit(&mut call, peer, request.metadata(), refs).await?;
-            // Several secrets load concurrently (a cold start pays one round trip).
-            let loaded = futures::future::try_join_all(resolved.iter().map(|(id, r)| self.load(id, r))).await?;
+            // Several secrets load concurrently (a cold start pays one round
+            // trip); the common single one skips the join's bookkeeping.
+            let loaded = match &resolved[..] {
+                [(id, r)] => vec![self.load(id, r).await?],
+                _ => futures::future::try_join_all(resolved.iter().map(|(id, r)| self.load(id, r))).await?,
+            };
             let mut secrets = Vec::with_capacity(loaded.len());
             for ((secret, unbound), (_, r)) in loaded.into_iter().zip(&resolved) {
                 if unbound {
