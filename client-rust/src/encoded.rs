@@ -15,6 +15,21 @@ use secrecy::zeroize::Zeroizing;
 use crate::codec::Wipe;
 use crate::proto;
 
+/// `Message::merge_field` of a form the agent only sends: nothing decodes it.
+macro_rules! send_only {
+    () => {
+        fn merge_field(
+            &mut self,
+            tag: u32,
+            wire_type: WireType,
+            buf: &mut impl Buf,
+            ctx: DecodeContext,
+        ) -> Result<(), DecodeError> {
+            encoding::skip_field(wire_type, tag, buf, ctx)
+        }
+    };
+}
+
 /// An encoded `Secret`, values included: zeroized when its last holder drops it.
 pub type EncodedSecret = Arc<Zeroizing<Vec<u8>>>;
 
@@ -52,16 +67,7 @@ impl Message for EncodedEvent {
         }
     }
 
-    /// The agent only sends events; nothing decodes this form.
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        encoding::skip_field(wire_type, tag, buf, ctx)
-    }
+    send_only!();
 
     fn encoded_len(&self) -> usize {
         let kind = if self.kind != 0 { encoding::int32::encoded_len(1, &self.kind) } else { 0 };
@@ -92,16 +98,7 @@ impl Message for EncodedSecrets {
         }
     }
 
-    /// The agent only sends responses; nothing decodes this form.
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        encoding::skip_field(wire_type, tag, buf, ctx)
-    }
+    send_only!();
 
     fn encoded_len(&self) -> usize {
         self.secrets.iter().map(|s| encoding::bytes::encoded_len(1, &**s as &Vec<u8>)).sum()
