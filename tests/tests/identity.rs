@@ -431,6 +431,28 @@ async fn audit_verify_accepts_the_chain_and_detects_a_removed_line() {
     assert!(err.contains("line 4"), "{err}");
 }
 
+/// A caller controls the text of its references, which the audit record keeps
+/// even when it refuses them: one crafted as the end of an allowed record and
+/// a forged next line stays inside its own record, and the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reference_crafted_as_audit_json_stays_inside_its_record() {
+    let m = Matrix::start().await;
+    let token = std::fs::read_to_string(&m.web.token_file).unwrap();
+    let forged = "db\",\"decision\":\"allowed\",\"secrets\":[\"shop/db\"]}\n\
+                  {\"seq\":1,\"prev\":\"x\",\"decision\":\"allowed\",\"caller\":\"shop/web\u{1}\\";
+    let before = m.audit().len();
+    let answer = get_with_headers(&m.stack, &m.web.pod_uid, &[("vaultlet-token", token.trim())], forged);
+    assert!(answer.starts_with("INVALID_ARGUMENT"), "{answer}");
+    // Every line parses (`audit` would fail otherwise), and there is one more.
+    let record = &m.settled(before + 1)[before];
+    assert_eq!((record["decision"].as_str(), record["caller"].as_str()), (Some("invalid"), Some("shop/web")));
+    assert_eq!(record["secrets"], serde_json::json!([format!("shop/{forged}")]), "{record}");
+    let log = m.stack.audit_log();
+    let verified = m.stack.vaultlet(&["audit", "verify", log.to_str().unwrap()], None);
+    let report = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success() && report.contains(&format!("ok: {} records", before + 1)), "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_bad_tokens_does_not_become_a_flood_of_token_reviews() {
     let stack = Stack::start(&["shop"]).await;

@@ -194,6 +194,74 @@ async fn a_policy_file_reload_ends_the_watches_it_no_longer_grants() {
     assert_eq!(err.code(), Code::PermissionDenied, "new calls too: {err}");
 }
 
+/// A stream woken by its secret's changes skips the checks every stream shares
+/// while they have not fired: a token's expiry and a policy reload still end
+/// one that has had changes since it opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_that_has_had_changes_still_ends_at_its_tokens_expiry_and_at_a_policy_reload() {
+    let stack = Stack::start(&["shop"]).await;
+    let policy = stack.dir.path().join("policy.yaml");
+    std::fs::write(&policy, "grants:\n  - from: [payments/api]\n    secrets: [shop/db]\n").unwrap();
+    let _agent = stack.start_agent(&["--peer-binding", "off", "--policy-file", policy.to_str().unwrap()]);
+    let (api, expiring) = (stack.app("payments", "api", "api-1").await, stack.app("payments", "api", "api-2").await);
+    stack.kube.ensure_namespace("shop").await;
+    stack.seal("shop", "db", "shop", "web", r#"{"v":"1"}"#);
+    stack.wait_readable(&api, "shop/db").await;
+    let short = stack
+        .kube
+        .sign_token(SignedToken {
+            namespace: "payments",
+            service_account: "api",
+            pod: Some("api-2"),
+            audiences: &["vaultlet"],
+            expires_in: 8,
+            node_info: true,
+        })
+        .await;
+    std::fs::write(&expiring.token_file, &short).unwrap();
+    let mut events = stack.client(&api).await.watch(["shop/db"]).unwrap();
+    let mut expiring_events = stack.client(&expiring).await.watch(["shop/db"]).unwrap();
+    for e in [&mut events, &mut expiring_events] {
+        assert_eq!(next(e).await.kind, EventKind::Snapshot);
+    }
+    for v in ["2", "3"] {
+        stack.seal("shop", "db", "shop", "web", &format!(r#"{{"v":"{v}"}}"#));
+        for e in [&mut events, &mut expiring_events] {
+            let changed = next(e).await;
+            assert_eq!((changed.kind, value(&changed, "v").as_str()), (EventKind::ContentChanged, v));
+        }
+    }
+
+    // api-2's token expires (kubelet has rotated the file): its watch is ended.
+    let long = stack.kube.token("payments", "api", Some("api-2"), &["vaultlet"], Duration::from_secs(3600)).await;
+    std::fs::write(&expiring.token_file, &long).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let revoked = loop {
+        let audit = std::fs::read_to_string(stack.audit_log()).unwrap();
+        let found = audit
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["decision"] == "revoked");
+        match found {
+            Some(r) => break r,
+            None if std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            None => panic!("the watch that had changes was not ended at its token's expiry"),
+        }
+    };
+    assert_eq!(
+        (revoked["pod"].as_str(), revoked["status"].as_str()),
+        (Some("payments/api-2"), Some("UNAUTHENTICATED"))
+    );
+    assert!(revoked["reason"].as_str().unwrap().contains("expired"), "{revoked}");
+
+    // The policy no longer grants shop/db: api-1's watch ends, with no value after.
+    let next_file = stack.dir.path().join(".policy.yaml.new");
+    std::fs::write(&next_file, "grants: []\n").unwrap();
+    std::fs::rename(&next_file, &policy).unwrap();
+    let err = ended_with(&mut events).await;
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_secret_deleted_and_created_again_for_someone_else_ends_the_watch() {
     let stack = Stack::start(&["shop"]).await;

@@ -86,7 +86,7 @@ impl Record {
     /// Appends the record's fields as JSON object members, `"method":...`, in
     /// declaration order, leaving out an absent `Option`, a zero count and an
     /// empty `unbound`. Written by hand, not derived: serde_json's string
-    /// escaping looks at each byte on its own, about 2,500 instructions a
+    /// escaping looks at each byte on its own, about 2,000 instructions a
     /// record (callgrind), where most strings here need no escape at all.
     pub fn write_members(&self, out: &mut Vec<u8>) {
         // Method, decision, status and binding are the agent's own words.
