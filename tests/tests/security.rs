@@ -64,6 +64,54 @@ async fn refusal(stack: &Stack, app: &App, reference: &str) -> vaultlet_client::
     }
 }
 
+/// Puts into `app`'s token file a token of its pod that expires in `seconds`,
+/// as kubelet's is between two rotations.
+async fn expiring_token(stack: &Stack, app: &App, seconds: i64) {
+    let token = stack
+        .kube
+        .sign_token(SignedToken {
+            namespace: &app.namespace,
+            service_account: &app.service_account,
+            pod: Some(&app.pod),
+            audiences: &["vaultlet"],
+            expires_in: seconds,
+            node_info: true,
+        })
+        .await;
+    std::fs::write(&app.token_file, &token).unwrap();
+}
+
+/// Kubelet's rotation: a token of `app`'s pod valid for an hour in its file.
+async fn rotate_token(stack: &Stack, app: &App) {
+    let pod = Some(app.pod.as_str());
+    let token = stack.kube.token(&app.namespace, &app.service_account, pod, &["vaultlet"], Duration::from_secs(3600));
+    std::fs::write(&app.token_file, token.await).unwrap();
+}
+
+/// The audit log's first `revoked` record, once there is one; fails after 20 s.
+async fn first_revoked(stack: &Stack) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let audit = std::fs::read_to_string(stack.audit_log()).unwrap();
+        let found = audit
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["decision"] == "revoked");
+        match found {
+            Some(r) => return r,
+            None if std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            None => panic!("no watch was ended (no revoked record) within 20 s"),
+        }
+    }
+}
+
+/// Swaps the policy file for one holding `text`, as a ConfigMap update does.
+fn swap_policy(stack: &Stack, policy: &std::path::Path, text: &str) {
+    let next_file = stack.dir.path().join(".policy.yaml.new");
+    std::fs::write(&next_file, text).unwrap();
+    std::fs::rename(&next_file, policy).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_ciphertext_copied_into_another_secret_or_data_key_does_not_decrypt() {
     let stack = Stack::start(&["shop"]).await;
@@ -184,10 +232,7 @@ async fn a_policy_file_reload_ends_the_watches_it_no_longer_grants() {
     let mut events = stack.client(&api).await.watch(["shop/db"]).unwrap();
     assert_eq!(next(&mut events).await.kind, EventKind::Snapshot);
 
-    // ConfigMaps are updated by swapping the file.
-    let next_file = stack.dir.path().join(".policy.yaml.new");
-    std::fs::write(&next_file, "grants: []\n").unwrap();
-    std::fs::rename(&next_file, &policy).unwrap();
+    swap_policy(&stack, &policy, "grants: []\n");
     let err = ended_with(&mut events).await;
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
     let err = stack.client(&api).await.get_secrets(["shop/db"]).await.unwrap_err();
@@ -207,18 +252,7 @@ async fn a_watch_that_has_had_changes_still_ends_at_its_tokens_expiry_and_at_a_p
     stack.kube.ensure_namespace("shop").await;
     stack.seal("shop", "db", "shop", "web", r#"{"v":"1"}"#);
     stack.wait_readable(&api, "shop/db").await;
-    let short = stack
-        .kube
-        .sign_token(SignedToken {
-            namespace: "payments",
-            service_account: "api",
-            pod: Some("api-2"),
-            audiences: &["vaultlet"],
-            expires_in: 8,
-            node_info: true,
-        })
-        .await;
-    std::fs::write(&expiring.token_file, &short).unwrap();
+    expiring_token(&stack, &expiring, 8).await;
     let mut events = stack.client(&api).await.watch(["shop/db"]).unwrap();
     let mut expiring_events = stack.client(&expiring).await.watch(["shop/db"]).unwrap();
     for e in [&mut events, &mut expiring_events] {
@@ -233,21 +267,8 @@ async fn a_watch_that_has_had_changes_still_ends_at_its_tokens_expiry_and_at_a_p
     }
 
     // api-2's token expires (kubelet has rotated the file): its watch is ended.
-    let long = stack.kube.token("payments", "api", Some("api-2"), &["vaultlet"], Duration::from_secs(3600)).await;
-    std::fs::write(&expiring.token_file, &long).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let revoked = loop {
-        let audit = std::fs::read_to_string(stack.audit_log()).unwrap();
-        let found = audit
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .find(|r| r["decision"] == "revoked");
-        match found {
-            Some(r) => break r,
-            None if std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
-            None => panic!("the watch that had changes was not ended at its token's expiry"),
-        }
-    };
+    rotate_token(&stack, &expiring).await;
+    let revoked = first_revoked(&stack).await;
     assert_eq!(
         (revoked["pod"].as_str(), revoked["status"].as_str()),
         (Some("payments/api-2"), Some("UNAUTHENTICATED"))
@@ -255,9 +276,7 @@ async fn a_watch_that_has_had_changes_still_ends_at_its_tokens_expiry_and_at_a_p
     assert!(revoked["reason"].as_str().unwrap().contains("expired"), "{revoked}");
 
     // The policy no longer grants shop/db: api-1's watch ends, with no value after.
-    let next_file = stack.dir.path().join(".policy.yaml.new");
-    std::fs::write(&next_file, "grants: []\n").unwrap();
-    std::fs::rename(&next_file, &policy).unwrap();
+    swap_policy(&stack, &policy, "grants: []\n");
     let err = ended_with(&mut events).await;
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
 }
@@ -408,40 +427,15 @@ async fn an_expired_token_ends_the_watch_and_the_client_resumes_with_the_rotated
     let web = stack.app("shop", "web", "web-1").await;
     stack.seal("shop", "db", "shop", "web", r#"{"v":"1"}"#);
     stack.wait_readable(&web, "db").await;
-    // A token about to expire, as kubelet's is between two rotations.
-    let short = stack
-        .kube
-        .sign_token(SignedToken {
-            namespace: "shop",
-            service_account: "web",
-            pod: Some("web-1"),
-            audiences: &["vaultlet"],
-            expires_in: 4,
-            node_info: true,
-        })
-        .await;
-    std::fs::write(&web.token_file, &short).unwrap();
+    expiring_token(&stack, &web, 4).await;
     let mut events = stack.client(&web).await.watch(["db"]).unwrap();
     let first = next(&mut events).await;
     assert_eq!((first.kind, value(&first, "v").as_str()), (EventKind::Snapshot, "1"));
 
     // Kubelet rotates the file before the old token expires; the watch goes on
     // with the old one until the agent ends it at expiry.
-    let long = stack.kube.token("shop", "web", Some("web-1"), &["vaultlet"], Duration::from_secs(3600)).await;
-    std::fs::write(&web.token_file, &long).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let revoked = loop {
-        let audit = std::fs::read_to_string(stack.audit_log()).unwrap();
-        let found = audit
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .find(|r| r["decision"] == "revoked");
-        match found {
-            Some(r) => break r,
-            None if std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
-            None => panic!("the watch was not ended at the token's expiry"),
-        }
-    };
+    rotate_token(&stack, &web).await;
+    let revoked = first_revoked(&stack).await;
     assert_eq!(revoked["status"], "UNAUTHENTICATED", "{revoked}");
     assert!(revoked["reason"].as_str().unwrap().contains("expired"), "{revoked}");
 
