@@ -1,8 +1,9 @@
 //! Decoded secrets, kept in memory for as long as somebody uses them.
 //!
-//! Each secret that was asked for has one `watch` channel holding its current
-//! state: readers take the latest value without waiting, and subscribers (see
-//! `hub`) are woken once per change however many there are. A change is loaded
+//! Each secret that was asked for has one state channel (`states`) holding its
+//! current state: readers take the latest value without waiting, and
+//! subscribers (see `hub`) are woken once per change however many there are,
+//! connection by connection. A change is loaded
 //! and decoded once, by the refresh task, never per reader.
 //!
 //! Plaintext is not kept forever: a secret nobody watches and nobody has read
@@ -20,11 +21,13 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{Mutex, OnceCell, watch};
+use tokio::sync::{Mutex, OnceCell};
 
 use crate::fanout::FanOut;
 use crate::secret::{SecretId, SecretVersion};
 use crate::source::{Change, ChangeReceiver, Held, Loaded, SecretSource, Unavailable};
+use crate::states::Publisher;
+pub use crate::states::Subscription;
 
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -79,7 +82,7 @@ struct Entry {
     /// Also marked changed, with the same state, whenever the source announces
     /// that who may read the secret changed, before it is loaded again:
     /// subscribers then check their access, even when no new value follows.
-    state: OnceCell<watch::Sender<Arc<Published>>>,
+    state: OnceCell<Publisher>,
     /// Serializes loads of one secret, so an older load never overwrites a newer.
     loading: Mutex<()>,
     retries: AtomicU32,
@@ -97,10 +100,6 @@ impl Default for Entry {
         }
     }
 }
-
-/// What a subscriber follows of one secret: its states, and (the same state
-/// again) the announcements that its readers changed (see `Entry::state`).
-pub type Subscription = watch::Receiver<Arc<Published>>;
 
 pub struct Cache {
     source: Arc<dyn SecretSource>,
@@ -141,11 +140,13 @@ impl Cache {
         Ok(self.sender(&entry, id).await?.borrow().clone())
     }
 
-    /// A receiver that sees every later state of `id` (the latest, when it
-    /// lags) and every announced change of it.
-    pub async fn subscribe(&self, id: &SecretId) -> Result<Subscription, Unavailable> {
+    /// A subscription that sees every later state of `id` (the latest, when
+    /// it lags) and, as the same state again, every announcement that who may
+    /// read it changed (see `Entry::state`). `connection` is the caller's
+    /// connection: its subscribers are woken together (see `states`).
+    pub async fn subscribe(&self, id: &SecretId, connection: u64) -> Result<Subscription, Unavailable> {
         let entry = self.entry(id);
-        Ok(self.sender(&entry, id).await?.subscribe())
+        Ok(self.sender(&entry, id).await?.subscribe(connection))
     }
 
     fn entry(&self, id: &SecretId) -> Arc<Entry> {
@@ -161,9 +162,9 @@ impl Cache {
         }
     }
 
-    async fn sender(&self, entry: &Entry, id: &SecretId) -> Result<watch::Sender<Arc<Published>>, Unavailable> {
+    async fn sender<'e>(&self, entry: &'e Entry, id: &SecretId) -> Result<&'e Publisher, Unavailable> {
         if let Some(tx) = entry.state.get() {
-            return Ok(tx.clone());
+            return Ok(tx);
         }
         let tx = entry
             .state
@@ -177,10 +178,10 @@ impl Cache {
                         SecretState::Failed(Arc::new(VersionError { revision, message }))
                     }
                 };
-                Ok::<_, Unavailable>(watch::Sender::new(Arc::new(Published { state, seen: None })))
+                Ok::<_, Unavailable>(Publisher::new(Arc::new(Published { state, seen: None })))
             })
             .await?;
-        Ok(tx.clone())
+        Ok(tx)
     }
 
     /// Follows the source's change announcements until it closes. Secrets nobody
@@ -213,7 +214,7 @@ impl Cache {
             // Who may read it changed: subscribers check at once, even if
             // the load takes long or fails (a content change needs no such
             // wake: its new state wakes them, and they check then).
-            tx.send_modify(|_| {});
+            tx.announce();
         }
         self.refresh_seen(change.id, Instant::now())
     }
@@ -263,7 +264,7 @@ impl Cache {
             entry.retries.store(0, Ordering::Relaxed);
             if let Some(state) = next {
                 self.fan_out.begins(tx.receiver_count());
-                tx.send_replace(Arc::new(Published { state, seen: Some(seen) }));
+                tx.publish(Arc::new(Published { state, seen: Some(seen) }));
             }
         })
     }
@@ -368,7 +369,7 @@ mod tests {
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
         let cache = Cache::new(src.clone(), Duration::from_secs(600), Gauge::default());
-        let mut rx = cache.subscribe(&id).await.unwrap();
+        let mut rx = cache.subscribe(&id, 0).await.unwrap().receiver.clone();
         let first = rx.borrow_and_update().clone();
 
         // Same revision: nothing is decoded, nothing new published (the
@@ -425,7 +426,7 @@ mod tests {
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
         let cache = Cache::new(src.clone(), Duration::from_secs(600), Gauge::default());
-        let mut rx = cache.subscribe(&id).await.unwrap();
+        let mut rx = cache.subscribe(&id, 0).await.unwrap().receiver.clone();
         assert!(rx.borrow_and_update().seen.is_none(), "a first load is no change");
         *src.down.lock().unwrap() = true;
         src.set(&id, "2", r#"{"a":"2"}"#);
@@ -450,7 +451,7 @@ mod tests {
         assert_eq!(size.get(), 0, "a change to a secret nobody asked for costs nothing");
         assert!(matches!(cache.state(&id).await.unwrap().state, SecretState::Absent));
         assert_eq!(size.get(), 1);
-        let rx = cache.subscribe(&id).await.unwrap();
+        let rx = cache.subscribe(&id, 0).await.unwrap().receiver.clone();
         cache.sweep();
         assert_eq!(size.get(), 1, "watched");
         drop(rx);
@@ -471,7 +472,7 @@ mod tests {
         drop(state);
         let watched = SecretId::new("default", "watched");
         src.set(&watched, "1", r#"{"w":"1"}"#);
-        let sub = cache.subscribe(&watched).await.unwrap();
+        let sub = cache.subscribe(&watched, 0).await.unwrap();
 
         cache.sweep();
         assert_eq!(size.get(), 2, "read a moment ago");
@@ -491,7 +492,7 @@ mod tests {
         let id = SecretId::new("default", "app");
         src.set(&id, "1", r#"{"a":"1"}"#);
         let cache = Cache::new(src.clone(), Duration::from_secs(600), Gauge::default());
-        let mut sub = cache.subscribe(&id).await.unwrap();
+        let mut sub = cache.subscribe(&id, 0).await.unwrap().receiver.clone();
         let before = sub.borrow_and_update().clone();
         cache.clone().refresh(changed(&id)).await;
         assert!(sub.has_changed().unwrap(), "a change of readers wakes subscribers, whatever the load finds");

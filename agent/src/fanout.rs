@@ -1,7 +1,7 @@
 //! Whether a change is being fanned out to many watch streams. While it is,
-//! their connections wait one turn before writing, so that one write carries
-//! many streams' events (`server::coalesce`); single calls, the rest of the
-//! time, write at once. Only a hint: a connection that misses it writes
+//! their connections wait a few turns before writing, so that one write
+//! carries many streams' events (`server::coalesce`); single calls, the rest
+//! of the time, write at once. Only a hint: a connection that misses it writes
 //! sooner, in more pieces.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -154,7 +154,7 @@ pub fn events(
             index: w.index,
             id: w.id,
             reference: w.reference,
-            states: Some(WatchStream::new(w.subscription)),
+            states: Some(w.subscription),
             sent: Sent::Nothing,
             known_revision: w.known_revision,
             failed_revision: None,
@@ -242,7 +242,7 @@ impl Stream for Events {
                     break;
                 }
                 let Some(states) = t.states.as_mut() else { continue };
-                match states.poll_next_unpin(cx) {
+                match states.poll_state(cx) {
                     Poll::Ready(Some(published)) => wake = Some(Wake::State(i, published)),
                     Poll::Ready(None) => t.states = None,
                     Poll::Pending => open = true,
@@ -328,7 +328,7 @@ struct Tracker {
     id: SecretId,
     reference: SecretRef,
     /// None once the cache closed the channel.
-    states: Option<WatchStream<Arc<Published>>>,
+    states: Option<Subscription>,
     sent: Sent,
     known_revision: Option<String>,
     /// The failing revision last reported, so an error is reported once.
@@ -442,6 +442,7 @@ mod tests {
     use super::*;
     use crate::cache::VersionError;
     use crate::secret::tests::version;
+    use crate::states::Publisher;
 
     /// `state` as the cache publishes a first load.
     fn published(state: SecretState) -> Arc<Published> {
@@ -457,10 +458,10 @@ mod tests {
         Histogram::new([1.0])
     }
 
-    fn watched(index: u32, r: &str, known: Option<&str>, rx: watch::Receiver<Arc<Published>>) -> Watched {
+    fn watched(index: u32, r: &str, known: Option<&str>, subscription: Subscription) -> Watched {
         let reference: SecretRef = r.parse().unwrap();
         let id = SecretId::new("default", reference.name.clone());
-        Watched { index, id, reference, known_revision: known.map(Into::into), subscription: rx }
+        Watched { index, id, reference, known_revision: known.map(Into::into), subscription }
     }
 
     /// Allows what its switch says, per secret name.
@@ -510,36 +511,36 @@ mod tests {
     #[tokio::test]
     async fn snapshot_then_recrypted_then_content_changed_then_deleted() {
         let v1 = version("1", &[("k", 1, r#"{"a":"1"}"#)]);
-        let (tx, rx) = watch::channel(ready(v1));
-        let mut s = events(vec![watched(0, "app", None, rx)]);
+        let tx = Publisher::new(ready(v1));
+        let mut s = events(vec![watched(0, "app", None, tx.subscribe(0))]);
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
 
         let current = tx.borrow().clone();
         let SecretState::Ready { version: old, .. } = &current.state else { panic!() };
         let v2 = version("2", &[("k", 2, r#"{"a":"1"}"#)]).share_unchanged(old);
-        tx.send_replace(ready(v2));
+        tx.publish(ready(v2));
         let e = next(&mut s).await;
         assert_eq!(e.kind, EventKind::Recrypted);
         assert_eq!(e.version.unwrap().documents["k"].key_version, 2);
 
-        tx.send_replace(ready(version("3", &[("k", 2, r#"{"a":"2"}"#)])));
+        tx.publish(ready(version("3", &[("k", 2, r#"{"a":"2"}"#)])));
         assert_eq!(next(&mut s).await.kind, EventKind::ContentChanged);
 
-        tx.send_replace(published(SecretState::Absent));
+        tx.publish(published(SecretState::Absent));
         assert_eq!(next(&mut s).await.kind, EventKind::Deleted);
-        tx.send_replace(published(SecretState::Absent));
+        tx.publish(published(SecretState::Absent));
         quiet(&mut s).await;
 
-        tx.send_replace(ready(version("4", &[("k", 1, r#"{"a":"4"}"#)])));
+        tx.publish(ready(version("4", &[("k", 1, r#"{"a":"4"}"#)])));
         assert_eq!(next(&mut s).await.kind, EventKind::ContentChanged);
     }
 
     #[tokio::test]
     async fn known_revision_skips_the_snapshot() {
-        let (tx, rx) = watch::channel(ready(version("7", &[("k", 1, "{}")])));
-        let mut s = events(vec![watched(3, "app", Some("7"), rx)]);
+        let tx = Publisher::new(ready(version("7", &[("k", 1, "{}")])));
+        let mut s = events(vec![watched(3, "app", Some("7"), tx.subscribe(0))]);
         quiet(&mut s).await;
-        tx.send_replace(ready(version("8", &[("k", 1, r#"{"a":"1"}"#)])));
+        tx.publish(ready(version("8", &[("k", 1, r#"{"a":"1"}"#)])));
         let e = next(&mut s).await;
         assert_eq!((e.kind, e.index), (EventKind::ContentChanged, 3));
     }
@@ -548,28 +549,28 @@ mod tests {
     async fn errors_are_reported_once_with_the_last_good_version() {
         let good = Arc::new(version("1", &[("k", 1, r#"{"a":"1"}"#)]));
         let failing = |rev: &str| Some(Arc::new(VersionError { revision: rev.into(), message: "bad".into() }));
-        let (tx, rx) = watch::channel(published(SecretState::Ready { version: good.clone(), error: failing("2") }));
-        let mut s = events(vec![watched(0, "app", None, rx)]);
+        let tx = Publisher::new(published(SecretState::Ready { version: good.clone(), error: failing("2") }));
+        let mut s = events(vec![watched(0, "app", None, tx.subscribe(0))]);
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
         let e = next(&mut s).await;
         assert_eq!(e.kind, EventKind::Error);
         assert_eq!(e.version.unwrap().revision, "1");
         assert_eq!(e.error.unwrap().revision, "2");
-        tx.send_replace(published(SecretState::Ready { version: good.clone(), error: failing("2") }));
+        tx.publish(published(SecretState::Ready { version: good.clone(), error: failing("2") }));
         quiet(&mut s).await;
-        tx.send_replace(published(SecretState::Ready { version: good, error: failing("3") }));
+        tx.publish(published(SecretState::Ready { version: good, error: failing("3") }));
         assert_eq!(next(&mut s).await.kind, EventKind::Error);
     }
 
     #[tokio::test]
     async fn a_slow_subscriber_gets_the_latest_state_and_does_not_hold_up_others() {
-        let (tx, rx) = watch::channel(ready(version("0", &[("k", 1, r#"{"n":"0"}"#)])));
-        let mut fast = events(vec![watched(0, "app", None, rx.clone())]);
-        let mut slow = events(vec![watched(0, "app", None, rx)]);
+        let tx = Publisher::new(ready(version("0", &[("k", 1, r#"{"n":"0"}"#)])));
+        let mut fast = events(vec![watched(0, "app", None, tx.subscribe(0))]);
+        let mut slow = events(vec![watched(0, "app", None, tx.subscribe(0))]);
         assert_eq!(next(&mut fast).await.kind, EventKind::Snapshot);
         assert_eq!(next(&mut slow).await.kind, EventKind::Snapshot);
         for n in 1..=1000 {
-            tx.send_replace(ready(version(&n.to_string(), &[("k", 1, &format!(r#"{{"n":"{n}"}}"#))])));
+            tx.publish(ready(version(&n.to_string(), &[("k", 1, &format!(r#"{{"n":"{n}"}}"#))])));
             // The fast one keeps up with every change while the slow one reads nothing.
             let e = next(&mut fast).await;
             assert_eq!(e.version.unwrap().revision, n.to_string());
@@ -581,12 +582,12 @@ mod tests {
 
     #[tokio::test]
     async fn one_change_reaches_many_subscribers() {
-        let (tx, rx) = watch::channel(ready(version("0", &[("k", 1, r#"{"n":"0"}"#)])));
-        let mut subs: Vec<_> = (0..500).map(|_| events(vec![watched(0, "app", None, rx.clone())])).collect();
+        let tx = Publisher::new(ready(version("0", &[("k", 1, r#"{"n":"0"}"#)])));
+        let mut subs: Vec<_> = (0..500).map(|_| events(vec![watched(0, "app", None, tx.subscribe(0))])).collect();
         for s in &mut subs {
             assert_eq!(next(s).await.kind, EventKind::Snapshot);
         }
-        tx.send_replace(ready(version("1", &[("k", 2, r#"{"n":"1"}"#)])));
+        tx.publish(ready(version("1", &[("k", 2, r#"{"n":"1"}"#)])));
         for s in &mut subs {
             let e = next(s).await;
             assert_eq!((e.kind, e.version.unwrap().revision.as_str()), (EventKind::ContentChanged, "1"));
@@ -595,14 +596,14 @@ mod tests {
 
     #[tokio::test]
     async fn each_stream_measures_a_change_once_and_a_snapshot_never() {
-        let (tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
+        let tx = Publisher::new(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
         let delays = Histogram::new([1.0]);
-        let follow = |rx: &watch::Receiver<Arc<Published>>| {
+        let follow = |tx: &Publisher| {
             // Two references to one secret: its states reach the stream twice.
-            let refs = vec![watched(0, "app", None, rx.clone()), watched(1, "app", None, rx.clone())];
+            let refs = vec![watched(0, "app", None, tx.subscribe(0)), watched(1, "app", None, tx.subscribe(0))];
             super::events(refs, Arc::new(Switch::default()), None, None, delays.clone()).boxed()
         };
-        let mut s = follow(&rx);
+        let mut s = follow(&tx);
         for _ in 0..2 {
             assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
         }
@@ -610,14 +611,14 @@ mod tests {
 
         let seen = Instant::now();
         let changed = SecretState::Ready { version: Arc::new(version("2", &[("k", 1, r#"{"a":"2"}"#)])), error: None };
-        tx.send_replace(Arc::new(Published { state: changed, seen: Some(seen) }));
+        tx.publish(Arc::new(Published { state: changed, seen: Some(seen) }));
         for _ in 0..2 {
             assert_eq!(next(&mut s).await.kind, EventKind::ContentChanged);
         }
         assert_eq!(delays.count(), 1, "once per state, however many references");
         assert!(delays.sum() <= seen.elapsed().as_secs_f64(), "measured from the stamp");
 
-        let mut late = follow(&rx);
+        let mut late = follow(&tx);
         for _ in 0..2 {
             assert_eq!(next(&mut late).await.kind, EventKind::Snapshot);
         }
@@ -626,13 +627,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_revoked_reference_ends_the_stream_before_its_new_value() {
-        let (tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"old"}"#)])));
+        let tx = Publisher::new(ready(version("1", &[("k", 1, r#"{"a":"old"}"#)])));
         let guard = Arc::new(Switch::default());
-        let mut s = super::events(vec![watched(7, "app", None, rx)], guard.clone(), None, None, delays()).boxed();
+        let mut s =
+            super::events(vec![watched(7, "app", None, tx.subscribe(0))], guard.clone(), None, None, delays()).boxed();
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
         // The grant goes with the same change that brings new values.
         guard.deny("app");
-        tx.send_replace(ready(version("2", &[("k", 1, r#"{"a":"new"}"#)])));
+        tx.publish(ready(version("2", &[("k", 1, r#"{"a":"new"}"#)])));
         match next_item(&mut s).await {
             Item::Revoked(r) => assert_eq!((r.index, r.code), (7, tonic::Code::PermissionDenied)),
             Item::Event(e) => panic!("a {:?} event reached a revoked subscriber", e.kind),
@@ -642,22 +644,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_change_without_new_values_or_a_global_wake_checks_again() {
-        let (tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
+        let tx = Publisher::new(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
         let guard = Arc::new(Switch::default());
         let mut s =
-            super::events(vec![watched(0, "app", None, rx.clone())], guard.clone(), None, None, delays()).boxed();
+            super::events(vec![watched(0, "app", None, tx.subscribe(0))], guard.clone(), None, None, delays()).boxed();
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
         // A change announced: the same state, marked changed.
-        tx.send_modify(|_| {});
+        tx.announce();
         quiet(&mut s).await;
         guard.deny("app");
-        tx.send_modify(|_| {});
+        tx.announce();
         assert!(matches!(next_item(&mut s).await, Item::Revoked(_)), "an annotation edit alone revokes");
 
         let reloads = watch::Sender::new(0);
         let guard = Arc::new(Switch::default());
         let mut s = super::events(
-            vec![watched(0, "other", None, rx)],
+            vec![watched(0, "other", None, tx.subscribe(0))],
             guard.clone(),
             Some(reloads.subscribe()),
             None,
@@ -672,15 +674,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_recheck_after_events_still_revokes() {
-        let (tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
+        let tx = Publisher::new(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
         let reloads = watch::Sender::new(0);
         let guard = Arc::new(Switch::default());
-        let mut s =
-            super::events(vec![watched(0, "app", None, rx)], guard.clone(), Some(reloads.subscribe()), None, delays())
-                .boxed();
+        let mut s = super::events(
+            vec![watched(0, "app", None, tx.subscribe(0))],
+            guard.clone(),
+            Some(reloads.subscribe()),
+            None,
+            delays(),
+        )
+        .boxed();
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
         // Woken by its state: the recheck channel is left as it was registered.
-        tx.send_replace(ready(version("2", &[("k", 1, r#"{"a":"2"}"#)])));
+        tx.publish(ready(version("2", &[("k", 1, r#"{"a":"2"}"#)])));
         assert_eq!(next(&mut s).await.kind, EventKind::ContentChanged);
         quiet(&mut s).await;
         guard.deny("app");
@@ -697,10 +704,10 @@ mod tests {
                 me.0.fetch_add(1, Ordering::SeqCst);
             }
         }
-        let (_tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
+        let tx = Publisher::new(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
         let reloads = watch::Sender::new(0);
         let mut s = super::events(
-            vec![watched(0, "app", None, rx)],
+            vec![watched(0, "app", None, tx.subscribe(0))],
             Arc::new(Switch::default()),
             Some(reloads.subscribe()),
             None,
@@ -719,11 +726,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_callers_expiry_wakes_the_stream_to_be_checked() {
-        let (_tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
+        let tx = Publisher::new(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
         let guard = Arc::new(Switch::default());
         let until = Instant::now() + Duration::from_secs(600);
         let mut s =
-            super::events(vec![watched(0, "app", None, rx)], guard.clone(), None, Some(until), delays()).boxed();
+            super::events(vec![watched(0, "app", None, tx.subscribe(0))], guard.clone(), None, Some(until), delays())
+                .boxed();
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
         // What the guard says at expiry decides (the real one sees the expired token).
         guard.deny("app");
@@ -733,14 +741,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_field_is_an_error_for_that_reference_only() {
-        let (tx, rx) = watch::channel(ready(version("1", &[("k", 1, r#"{"a":"1","b":"2"}"#)])));
-        let mut r = watched(0, "app", None, rx.clone());
+        let tx = Publisher::new(ready(version("1", &[("k", 1, r#"{"a":"1","b":"2"}"#)])));
+        let mut r = watched(0, "app", None, tx.subscribe(0));
         r.reference.fields = vec!["b".into()];
-        let mut s = events(vec![r, watched(1, "app", None, rx)]);
+        let mut s = events(vec![r, watched(1, "app", None, tx.subscribe(0))]);
         let mut kinds = [next(&mut s).await, next(&mut s).await];
         kinds.sort_by_key(|e| e.index);
         assert_eq!(kinds.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::Snapshot, EventKind::Snapshot]);
-        tx.send_replace(ready(version("2", &[("k", 1, r#"{"a":"1"}"#)])));
+        tx.publish(ready(version("2", &[("k", 1, r#"{"a":"1"}"#)])));
         let mut got = [next(&mut s).await, next(&mut s).await];
         got.sort_by_key(|e| e.index);
         assert_eq!(got[0].kind, EventKind::Error);

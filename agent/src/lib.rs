@@ -19,4 +19,5 @@ pub mod policy;
 pub mod secret;
 pub mod server;
 pub mod source;
+pub mod states;
 pub mod transit;

@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -44,6 +44,8 @@ pub struct Peer {
     /// Set by the first authenticated call: a connection that makes none
     /// within `UNAUTHENTICATED_IDLE` is closed.
     authenticated: Arc<AtomicBool>,
+    /// Tells the agent's connections apart (in the order they were accepted).
+    pub connection: u64,
 }
 
 /// The caller a connection last authenticated, kept while its TokenReview is
@@ -97,7 +99,9 @@ impl Peer {
                 None => pod_by_start_time(proc_root, pid),
             },
         };
-        Peer { pid, uid: cred.map(|c| c.uid()), pod, memo: Arc::default(), authenticated: Arc::default() }
+        static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
+        let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        Peer { pid, uid: cred.map(|c| c.uid()), pod, memo: Arc::default(), authenticated: Arc::default(), connection }
     }
 }
 

@@ -258,7 +258,7 @@ impl SecretsService {
                 let subscription = self
                     .parts
                     .cache
-                    .subscribe(&id)
+                    .subscribe(&id, peer.map_or(0, |p| p.connection))
                     .await
                     .map_err(|error| ServiceError::Unavailable { reference: reference.to_string(), error })?;
                 let known_revision = (!t.known_revision.is_empty()).then(|| t.known_revision.clone());

@@ -57,6 +57,9 @@ pub struct Plan {
     /// Calls of each kind counted under callgrind.
     pub counted_calls: usize,
     pub steady: Duration,
+    /// Rotations and edits timed, one after the other: one change's figures
+    /// swing with what else the 2 cores do at that moment.
+    pub rounds: usize,
     /// The experiments to run; empty: all of them.
     pub only: Vec<Experiment>,
     /// Where the instruction counts' callgrind dumps are copied to, if anywhere.
@@ -93,6 +96,7 @@ impl Plan {
                 peer_render_interval: Duration::from_secs(60),
                 counted_calls: 2_000,
                 steady: Duration::from_secs(20),
+                rounds: 3,
                 only,
                 keep,
             }
@@ -107,6 +111,7 @@ impl Plan {
                 peer_render_interval: Duration::from_secs(300),
                 counted_calls: 5_000,
                 steady: Duration::from_secs(60),
+                rounds: 5,
                 only,
                 keep,
             }
@@ -156,6 +161,8 @@ pub struct Cached {
 #[derive(Serialize)]
 pub struct Propagation {
     pub subscribers: usize,
+    /// Each a rotation and an edit; the figures are of all their events.
+    pub rounds: usize,
     /// Key rotation (RECRYPTED); `first_ms` is the first subscriber's: the API
     /// server's watch, the agent's read of the Secret and its decrypt.
     pub first_ms: f64,
@@ -167,7 +174,8 @@ pub struct Propagation {
     pub content_p50_ms: f64,
     pub content_p99_ms: f64,
     pub content_max_ms: f64,
-    /// CPU spent from the rotation's write until every subscriber held it.
+    /// Spent from a rotation's write until every subscriber held it (the mean
+    /// of the rounds).
     pub rotation_cpu: Cpu,
 }
 
@@ -411,8 +419,11 @@ async fn on_one_stack(plan: &Plan, bench_bin: &Path, report: &mut Report, sample
         let per_min = calls as f64 * 60.0 / plan.steady.as_secs_f64();
         say(&format!("  {calls} call(s)"));
 
-        say(&format!("propagation: a rotation and an edit of the secret the {} streams watch", plan.subscribers));
-        let (recrypted, content, cpu) = propagation(&stack, &mut streams, agent.pid()).await;
+        say(&format!(
+            "propagation: {} rounds of a rotation and an edit of the secret the {} streams watch",
+            plan.rounds, plan.subscribers
+        ));
+        let (recrypted, content, cpu) = propagation(&stack, &mut streams, agent.pid(), plan.rounds).await;
         let (mut r, mut c) = (recrypted.clone(), content.clone());
         let (rs, cs) = (summarize(&mut r), summarize(&mut c));
         say(&format!(
@@ -425,8 +436,8 @@ async fn on_one_stack(plan: &Plan, bench_bin: &Path, report: &mut Report, sample
             cs.p99_us / 1e3
         ));
         say(&format!(
-            "  CPU for the rotation's events: agent {:.0} ms, the watchers' processes {:.0} ms",
-            cpu.agent_ms, cpu.watchers_ms
+            "  a rotation's events cost: CPU agent {:.0} ms, the watchers' processes {:.0} ms; the agent's writes {:.0}; context switches agent {:.0}, watchers {:.0}",
+            cpu.agent_ms, cpu.watchers_ms, cpu.agent_writes, cpu.agent_context_switches, cpu.watchers_context_switches
         ));
         let peak_mib = peak_mib(agent.pid());
         say(&format!("  agent peak so far: {peak_mib:.1} MiB"));
@@ -434,6 +445,7 @@ async fn on_one_stack(plan: &Plan, bench_bin: &Path, report: &mut Report, sample
         (samples.recrypted, samples.content) = (recrypted, content);
         report.propagation = Some(Propagation {
             subscribers: plan.subscribers,
+            rounds: plan.rounds,
             first_ms: round(rs.min_us / 1e3),
             p50_ms: round(rs.p50_us / 1e3),
             p99_ms: round(rs.p99_us / 1e3),
@@ -661,42 +673,100 @@ where
     (all, start.elapsed())
 }
 
-/// A rotation and an edit of `hot`, each timed from the write to the API
-/// server until every one of the watchers' streams holds it.
-async fn propagation(stack: &Stack, watchers: &mut Watchers, agent: u32) -> (Vec<Duration>, Vec<Duration>, Cpu) {
+/// `rounds` of a rotation and an edit of `hot`, each timed from the write to
+/// the API server until every one of the watchers' streams holds it.
+async fn propagation(
+    stack: &Stack,
+    watchers: &mut Watchers,
+    agent: u32,
+    rounds: usize,
+) -> (Vec<Duration>, Vec<Duration>, Cpu) {
     let transit = root_transit(stack);
-    let rotated = rewrap_hot(stack, &transit).await;
-    let cpu = Cpu::of(agent, watchers);
-    let start = pods::monotonic_ns();
-    stack.kube.replace(rotated).await.expect("write the rotated Secret");
-    watchers.arrived(EventKind::Recrypted).await;
-    let cpu = Cpu::of(agent, watchers).since(&cpu);
-    let recrypted = watchers.times(EventKind::Recrypted, start).await;
+    let (mut recrypted, mut content, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let rotated = rewrap_hot(stack, &transit).await;
+        let before = Cpu::of(agent, watchers);
+        let start = pods::monotonic_ns();
+        stack.kube.replace(rotated).await.expect("write the rotated Secret");
+        watchers.arrived(EventKind::Recrypted).await;
+        cpu.push(Cpu::of(agent, watchers).since(&before));
+        recrypted.extend(watchers.times(EventKind::Recrypted, start).await);
 
-    let edited = new_content_hot(stack, &transit).await;
-    let start = pods::monotonic_ns();
-    stack.kube.replace(edited).await.expect("write the edited Secret");
-    watchers.arrived(EventKind::ContentChanged).await;
-    let content = watchers.times(EventKind::ContentChanged, start).await;
-    (recrypted, content, cpu)
+        let edited = new_content_hot(stack, &transit).await;
+        let start = pods::monotonic_ns();
+        stack.kube.replace(edited).await.expect("write the edited Secret");
+        watchers.arrived(EventKind::ContentChanged).await;
+        content.extend(watchers.times(EventKind::ContentChanged, start).await);
+    }
+    (recrypted, content, Cpu::mean(&cpu))
 }
 
-/// CPU time (user and system) of the agent and of the watchers' processes.
-#[derive(Serialize)]
+/// CPU time (user and system) of the agent and of the watchers' processes;
+/// how many writes carried the events, and how often the processes slept and
+/// woke: what batching saves.
+#[derive(Serialize, Default)]
 pub struct Cpu {
     pub agent_ms: f64,
     pub watchers_ms: f64,
+    pub agent_writes: f64,
+    pub agent_context_switches: f64,
+    pub watchers_context_switches: f64,
 }
 
 impl Cpu {
     fn of(agent: u32, watchers: &Watchers) -> Cpu {
-        let ids = watchers.children.iter().filter_map(tokio::process::Child::id);
-        Cpu { agent_ms: cpu_ms(agent), watchers_ms: ids.map(cpu_ms).sum() }
+        let ids: Vec<u32> = watchers.children.iter().filter_map(tokio::process::Child::id).collect();
+        Cpu {
+            agent_ms: cpu_ms(agent),
+            watchers_ms: ids.iter().copied().map(cpu_ms).sum(),
+            agent_writes: io_count(agent, "syscw") as f64,
+            agent_context_switches: context_switches(agent) as f64,
+            watchers_context_switches: ids.iter().map(|&id| context_switches(id) as f64).sum(),
+        }
     }
 
     fn since(&self, before: &Cpu) -> Cpu {
-        Cpu { agent_ms: self.agent_ms - before.agent_ms, watchers_ms: self.watchers_ms - before.watchers_ms }
+        Cpu {
+            agent_ms: self.agent_ms - before.agent_ms,
+            watchers_ms: self.watchers_ms - before.watchers_ms,
+            agent_writes: self.agent_writes - before.agent_writes,
+            agent_context_switches: self.agent_context_switches - before.agent_context_switches,
+            watchers_context_switches: self.watchers_context_switches - before.watchers_context_switches,
+        }
     }
+
+    fn mean(all: &[Cpu]) -> Cpu {
+        let n = all.len().max(1) as f64;
+        let sum = |f: fn(&Cpu) -> f64| round(all.iter().map(f).sum::<f64>() / n);
+        Cpu {
+            agent_ms: sum(|c| c.agent_ms),
+            watchers_ms: sum(|c| c.watchers_ms),
+            agent_writes: sum(|c| c.agent_writes),
+            agent_context_switches: sum(|c| c.agent_context_switches),
+            watchers_context_switches: sum(|c| c.watchers_context_switches),
+        }
+    }
+}
+
+/// A counter of /proc/PID/io (`syscw`: write system calls), 0 if unreadable.
+fn io_count(pid: u32, name: &str) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Context switches, voluntary or not, of every thread of a process.
+fn context_switches(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// utime + stime of a process (/proc/PID/stat), in milliseconds.
@@ -732,7 +802,9 @@ async fn new_content_hot(stack: &Stack, transit: &Transit) -> Secret {
     let data = secret.data.as_mut().expect("data");
     let key = data.keys().next().cloned().expect("one key");
     let place = convention::place(NS, "hot", &key);
-    let ct = transit.encrypt(KEY, br#"{"name":"hot","password":"changed"}"#, Some(&place)).await.expect("encrypt");
+    // A new password each time: every edit is a change of content.
+    let plain = format!(r#"{{"name":"hot","password":"changed-{}"}}"#, pods::monotonic_ns());
+    let ct = transit.encrypt(KEY, plain.as_bytes(), Some(&place)).await.expect("encrypt");
     data.insert(key, ByteString(ct.into_bytes()));
     secret
 }
