@@ -121,6 +121,10 @@ struct Waiters {
 #[derive(Default)]
 struct Inner {
     waiting: Vec<Waiting>,
+    /// The list of the round before, empty, kept for the next: the agent's
+    /// pages stay locked in memory, so a list grown anew at each change (while
+    /// the last one is being woken) would stay resident as well.
+    spare: Vec<Waiting>,
     /// Entries of `waiting` whose subscriber left.
     left: usize,
     /// Counts the wake-ups: a place from an earlier round is gone.
@@ -189,18 +193,16 @@ impl Waiters {
             let mut inner = self.inner.lock().expect("waiters lock");
             inner.round += 1;
             inner.left = 0;
-            std::mem::take(&mut inner.waiting)
+            let spare = std::mem::take(&mut inner.spare);
+            std::mem::replace(&mut inner.waiting, spare)
         };
-        // Stable: within a connection, in the order they came.
-        waiting.sort_by_key(|w| w.connection);
+        // In place (a stable sort would allocate); `seq` keeps each connection's
+        // waiters in the order they came.
+        waiting.sort_unstable_by_key(|w| (w.connection, w.seq));
         for waker in waiting.drain(..).filter_map(|w| w.waker) {
             waker.wake();
         }
-        // The next round reuses the allocation, unless it has begun.
-        let mut inner = self.inner.lock().expect("waiters lock");
-        if inner.waiting.is_empty() {
-            inner.waiting = waiting;
-        }
+        self.inner.lock().expect("waiters lock").spare = waiting;
     }
 }
 

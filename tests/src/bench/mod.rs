@@ -683,20 +683,25 @@ async fn propagation(
 ) -> (Vec<Duration>, Vec<Duration>, Cpu) {
     let transit = root_transit(stack);
     let (mut recrypted, mut content, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
+    for round in 0..rounds {
         let rotated = rewrap_hot(stack, &transit).await;
         let before = Cpu::of(agent, watchers);
         let start = pods::monotonic_ns();
         stack.kube.replace(rotated).await.expect("write the rotated Secret");
         watchers.arrived(EventKind::Recrypted).await;
         cpu.push(Cpu::of(agent, watchers).since(&before));
-        recrypted.extend(watchers.times(EventKind::Recrypted, start).await);
+        let times = watchers.times(EventKind::Recrypted, start).await;
+        let round_p99 = |mut t: Vec<Duration>| summarize(&mut t).p99_us / 1e3;
+        let rotation_p99 = round_p99(times.clone());
+        recrypted.extend(times);
 
         let edited = new_content_hot(stack, &transit).await;
         let start = pods::monotonic_ns();
         stack.kube.replace(edited).await.expect("write the edited Secret");
         watchers.arrived(EventKind::ContentChanged).await;
-        content.extend(watchers.times(EventKind::ContentChanged, start).await);
+        let times = watchers.times(EventKind::ContentChanged, start).await;
+        say(&format!("  round {}: p99 rotation {rotation_p99:.1} ms, edit {:.1} ms", round + 1, round_p99(times.clone())));
+        content.extend(times);
     }
     (recrypted, content, Cpu::mean(&cpu))
 }
