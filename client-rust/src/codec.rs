@@ -7,10 +7,10 @@
 use std::marker::PhantomData;
 
 use prost::Message;
+use prost::bytes::Buf;
 use secrecy::zeroize::Zeroize;
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
-use tonic_prost::{ProstCodec, ProstDecoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use crate::proto;
 
@@ -38,14 +38,41 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = WipingEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = SliceDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         WipingEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(BufferSettings::default())
+        SliceDecoder(PhantomData)
+    }
+}
+
+/// prost's decode, from a slice when the message lies in one piece (tonic
+/// gathers each message into one buffer): prost reads a slice much faster
+/// than tonic's buffer type, which it advances call by call for each field's
+/// varints and bytes. A watch event cost its receiver 14,500 instructions
+/// with tonic_prost's decoder, 13,000 with this one (callgrind,
+/// `vaultlet-bench --only instructions`).
+#[derive(Debug)]
+pub struct SliceDecoder<U>(PhantomData<U>);
+
+impl<U: Message + Default> Decoder for SliceDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        let whole = buf.remaining();
+        let decoded = if buf.chunk().len() == whole {
+            let decoded = U::decode(buf.chunk());
+            buf.advance(whole);
+            decoded
+        } else {
+            U::decode(buf)
+        };
+        // As tonic_prost reports it.
+        decoded.map(Some).map_err(|e| Status::internal(e.to_string()))
     }
 }
 

@@ -32,7 +32,9 @@ pub struct WatchStream {
 impl WatchStream {
     pub(crate) fn new(client: Client, refs: Vec<SecretRef>) -> Self {
         let held = vec![Held::default(); refs.len()];
-        let state = State {
+        // Boxed: the stream hands its state from one event's future to the
+        // next, and a pointer moves for less than the state (a tonic stream).
+        let state = Box::new(State {
             client,
             refs,
             held,
@@ -42,7 +44,7 @@ impl WatchStream {
             delivered: false,
             reauth_left: REAUTH_ATTEMPTS,
             opened_at: Instant::now(),
-        };
+        });
         WatchStream { inner: Box::pin(futures::stream::unfold(state, State::next)) }
     }
 }
@@ -103,7 +105,7 @@ struct State {
 }
 
 impl State {
-    async fn next(mut self) -> Option<(Result<Event, Error>, State)> {
+    async fn next(mut self: Box<Self>) -> Option<(Result<Event, Error>, Box<State>)> {
         if self.done {
             return None;
         }
@@ -186,7 +188,7 @@ impl State {
         true
     }
 
-    fn fail(mut self, e: Error) -> Option<(Result<Event, Error>, State)> {
+    fn fail(mut self: Box<Self>, e: Error) -> Option<(Result<Event, Error>, Box<State>)> {
         self.done = true;
         Some((Err(e), self))
     }
