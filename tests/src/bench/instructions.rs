@@ -30,6 +30,9 @@ pub struct Instructions {
     /// Instructions of the agent per event delivered, the change's one load and
     /// decrypt included.
     pub per_event: f64,
+    /// Instructions of the watching pods per event received (the Rust client,
+    /// h2 and tonic; and the pod noting the time, a few hundred).
+    pub client_per_event: f64,
 }
 
 /// What is counted: `calls` of each kind at `concurrency`, then a rotation
@@ -91,18 +94,29 @@ pub async fn run(
     let get_total = dump(&dir, pid, "get");
     let get_dump = newest_dump(&dir);
 
-    let mut watching = Watchers::open(stack, watchers, streams / watchers.len(), bench_bin).await;
+    // The pods run under callgrind too, each writing its own dumps.
+    let clients = dir.join("clients");
+    std::fs::create_dir_all(&clients).expect("callgrind directory of the pods");
+    let client_out = format!("--callgrind-out-file={}", clients.join("callgrind.out.%p").display());
+    let client_wrapper: Vec<&str> = wrapper.iter().copied().chain([client_out.as_str()]).collect();
+    let mut watching = Watchers::open(stack, watchers, streams / watchers.len(), bench_bin, &client_wrapper).await;
+    let pods: Vec<u32> = watching.children.iter().filter_map(tokio::process::Child::id).collect();
     let transit = root_transit(stack);
     let rotated = rewrap_hot(stack, &transit).await;
     dump(&dir, pid, "watching");
+    for &pod in &pods {
+        dump(&clients, pod, "watching");
+    }
     stack.kube.replace(rotated).await.expect("write the rotated Secret");
     watching.arrived(EventKind::Recrypted).await;
     let per_event = dump(&dir, pid, "fan-out") as f64 / streams as f64;
+    let client_per_event = pods.iter().map(|&pod| dump(&clients, pod, "fan-out")).sum::<u64>() as f64 / streams as f64;
     watching.close().await;
     agent.kill();
     if let Some(keep) = keep {
         std::fs::create_dir_all(keep).expect("the directory for callgrind dumps");
-        for file in dumps(&dir) {
+        // The pods' dumps are named after their process: callgrind.out.PID.N.
+        for file in dumps(&dir).into_iter().chain(dumps(&clients)) {
             let name = file.file_name().expect("a dump's name");
             std::fs::copy(&file, keep.join(name)).expect("copy a callgrind dump");
         }
@@ -113,7 +127,9 @@ pub async fn run(
     say(&format!(
         "  {calls} calls each at concurrency {concurrency}: GetSecrets {get_per_call:.0} (SHA-256 of its audit line: {audit_hash_per_call:.0}), empty RPC {empty_per_call:.0} instructions a call"
     ));
-    say(&format!("  a rotation to {streams} watch streams: {per_event:.0} instructions an event"));
+    say(&format!(
+        "  a rotation to {streams} watch streams: {per_event:.0} instructions an event in the agent, {client_per_event:.0} in the pods"
+    ));
     Instructions {
         calls,
         concurrency,
@@ -123,6 +139,7 @@ pub async fn run(
         audit_hash_per_call: round(audit_hash_per_call),
         fan_out_streams: streams,
         per_event: round(per_event),
+        client_per_event: round(client_per_event),
     }
 }
 
@@ -172,7 +189,7 @@ fn inclusive(dump: &Path, function: &str) -> u64 {
 
 /// The dump files callgrind has written into `dir`.
 fn dumps(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect()
+    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_file()).collect()
 }
 
 /// The `summary:` or `totals:` line of a callgrind dump.

@@ -404,7 +404,7 @@ async fn on_one_stack(plan: &Plan, bench_bin: &Path, report: &mut Report, sample
         tokio::time::sleep(Duration::from_secs(2)).await;
         say(&format!("memory: {} watch streams opened in bursts, from {} pods", plan.subscribers, WATCHER_PODS));
         let mut streams =
-            Watchers::open(&stack, &pods[..WATCHER_PODS], plan.subscribers / WATCHER_PODS, bench_bin).await;
+            Watchers::open(&stack, &pods[..WATCHER_PODS], plan.subscribers / WATCHER_PODS, bench_bin, &[]).await;
         let rss = rss_mib(agent.pid());
         say(&format!("  {rss:.1} MiB resident"));
 
@@ -700,7 +700,11 @@ async fn propagation(
         stack.kube.replace(edited).await.expect("write the edited Secret");
         watchers.arrived(EventKind::ContentChanged).await;
         let times = watchers.times(EventKind::ContentChanged, start).await;
-        say(&format!("  round {}: p99 rotation {rotation_p99:.1} ms, edit {:.1} ms", round + 1, round_p99(times.clone())));
+        say(&format!(
+            "  round {}: p99 rotation {rotation_p99:.1} ms, edit {:.1} ms",
+            round + 1,
+            round_p99(times.clone())
+        ));
         content.extend(times);
     }
     (recrypted, content, Cpu::mean(&cpu))
@@ -774,13 +778,16 @@ fn context_switches(pid: u32) -> u64 {
         .sum()
 }
 
-/// utime + stime of a process (/proc/PID/stat), in milliseconds.
+/// Time on CPU of a process's threads, in milliseconds: the scheduler's own
+/// count (/proc/PID/task/TID/schedstat, in nanoseconds), where /proc/PID/stat
+/// counts 10 ms ticks, too coarse for a change that costs 30-80 ms.
 fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (which may hold spaces), from field 3 on.
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |t| t.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
-    ticks * 1000.0 / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e6
 }
 
 fn root_transit(stack: &Stack) -> Arc<Transit> {
@@ -832,7 +839,9 @@ enum Said {
 }
 
 impl Watchers {
-    async fn open(stack: &Stack, pods: &[App], per_pod: usize, bench_bin: &Path) -> Watchers {
+    /// Each pod runs `bench_bin` under `wrapper` (a command and its
+    /// arguments, or nothing).
+    async fn open(stack: &Stack, pods: &[App], per_pod: usize, bench_bin: &Path, wrapper: &[&str]) -> Watchers {
         let socket = stack.socket().display().to_string();
         let mut children = Vec::new();
         let mut cgroups = Vec::new();
@@ -841,7 +850,12 @@ impl Watchers {
             let cgroup = PodCgroup::create(&pod.pod_uid);
             let streams = per_pod.to_string();
             let token = pod.token_file.display().to_string();
-            let args = [
+            let bin = bench_bin.display().to_string();
+            let (program, mut args) = match wrapper {
+                [program, rest @ ..] => (Path::new(program), [rest, &[bin.as_str()]].concat()),
+                [] => (bench_bin, Vec::new()),
+            };
+            args.extend([
                 "pod-watcher",
                 "--socket",
                 &socket,
@@ -851,8 +865,8 @@ impl Watchers {
                 &streams,
                 "--reference",
                 "hot",
-            ];
-            let mut cmd = tokio::process::Command::from(cgroup.command(bench_bin, &args));
+            ]);
+            let mut cmd = tokio::process::Command::from(cgroup.command(program, &args));
             cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).env("VAULTLET_LOG", "warn");
             let mut child = cmd.spawn().expect("start a pod watcher");
             outputs.push(BufReader::new(child.stdout.take().expect("stdout")).lines());

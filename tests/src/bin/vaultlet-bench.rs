@@ -51,6 +51,14 @@ fn main() -> ExitCode {
     // A pod runs on one thread, as a small service does: a hundred of them
     // each with a pool of workers would measure the pools, not the agent.
     let pod = |f: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>| {
+        // And logs as a service does (to stderr: stdout talks to the bench).
+        // Without a subscriber, each of h2's trace spans would also be offered
+        // to the `log` crate (the feature the bench's other dependencies turn
+        // on): 800 instructions an event of a watch (callgrind), which no
+        // service pays.
+        let filter = tracing_subscriber::EnvFilter::try_from_env("VAULTLET_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
         runtime.block_on(f);
         ExitCode::SUCCESS
