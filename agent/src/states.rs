@@ -201,7 +201,10 @@ impl Waiters {
             let mut inner = self.inner.lock().expect("waiters lock");
             inner.round += 1;
             inner.left = 0;
-            let spare = std::mem::take(&mut inner.spare);
+            // Room for as many as wait now, at once: grown by doubling, it
+            // would overshoot and leave the smaller blocks behind.
+            let mut spare = std::mem::take(&mut inner.spare);
+            spare.reserve(inner.waiting.len());
             std::mem::replace(&mut inner.waiting, spare)
         };
         // Stable, so each connection's waiters stay in the order they came;

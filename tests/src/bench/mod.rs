@@ -96,7 +96,7 @@ impl Plan {
                 peer_render_interval: Duration::from_secs(60),
                 counted_calls: 2_000,
                 steady: Duration::from_secs(20),
-                rounds: 3,
+                rounds: 6,
                 only,
                 keep,
             }
@@ -111,7 +111,7 @@ impl Plan {
                 peer_render_interval: Duration::from_secs(300),
                 counted_calls: 5_000,
                 steady: Duration::from_secs(60),
-                rounds: 5,
+                rounds: 10,
                 only,
                 keep,
             }
@@ -701,9 +701,10 @@ async fn propagation(
         watchers.arrived(EventKind::ContentChanged).await;
         let times = watchers.times(EventKind::ContentChanged, start).await;
         say(&format!(
-            "  round {}: p99 rotation {rotation_p99:.1} ms, edit {:.1} ms",
+            "  round {}: p99 rotation {rotation_p99:.1} ms, edit {:.1} ms; agent {:.1} MiB resident",
             round + 1,
-            round_p99(times.clone())
+            round_p99(times.clone()),
+            rss_mib(agent)
         ));
         content.extend(times);
     }
