@@ -656,35 +656,30 @@ mod tests {
         tx.announce();
         assert!(matches!(next_item(&mut s).await, Item::Revoked(_)), "an annotation edit alone revokes");
 
-        let reloads = watch::Sender::new(0);
-        let guard = Arc::new(Switch::default());
-        let mut s = super::events(
-            vec![watched(0, "other", None, tx.subscribe(0))],
-            guard.clone(),
-            Some(reloads.subscribe()),
-            None,
-            delays(),
-        )
-        .boxed();
+        let (reloads, guard) = (watch::Sender::new(0), Arc::new(Switch::default()));
+        let mut s = rechecked(&tx, "other", &guard, &reloads);
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
         guard.deny("other");
         reloads.send_modify(|n| *n += 1);
         assert!(matches!(next_item(&mut s).await, Item::Revoked(_)), "a policy reload revokes");
     }
 
+    /// The events of `name` checked by `guard`, and again at each change of `reloads`.
+    fn rechecked(
+        tx: &Publisher,
+        name: &str,
+        guard: &Arc<Switch>,
+        reloads: &watch::Sender<u64>,
+    ) -> BoxStream<'static, Item> {
+        let refs = vec![watched(0, name, None, tx.subscribe(0))];
+        super::events(refs, guard.clone(), Some(reloads.subscribe()), None, delays()).boxed()
+    }
+
     #[tokio::test]
     async fn a_recheck_after_events_still_revokes() {
         let tx = Publisher::new(ready(version("1", &[("k", 1, r#"{"a":"1"}"#)])));
-        let reloads = watch::Sender::new(0);
-        let guard = Arc::new(Switch::default());
-        let mut s = super::events(
-            vec![watched(0, "app", None, tx.subscribe(0))],
-            guard.clone(),
-            Some(reloads.subscribe()),
-            None,
-            delays(),
-        )
-        .boxed();
+        let (reloads, guard) = (watch::Sender::new(0), Arc::new(Switch::default()));
+        let mut s = rechecked(&tx, "app", &guard, &reloads);
         assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
         // Woken by its state: the recheck channel is left as it was registered.
         tx.publish(ready(version("2", &[("k", 1, r#"{"a":"2"}"#)])));

@@ -119,8 +119,8 @@ impl Drop for Subscription {
 }
 
 /// Subscribers waiting for the next change, in the order they came (`seq`
-/// grows): sorted by connection only when woken, since most waits are never
-/// woken in the order they came anyway.
+/// grows), so that a place is found by binary search; sorted by connection
+/// once per change, when woken.
 #[derive(Default)]
 struct Waiters {
     inner: Mutex<Inner>,

@@ -196,6 +196,34 @@ async fn a_watch_ends_before_the_new_value_when_the_annotation_drops_its_service
     assert!(revoked[0]["reason"].as_str().unwrap().contains("does not list web"), "{}", revoked[0]);
 }
 
+/// A grant that goes ends the watch at once, before the Secret's new value
+/// can even be loaded: here OpenBao hangs, so no new state follows the edit
+/// for as long as the attacker's stream stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_ends_when_its_grant_goes_even_while_openbao_hangs() {
+    let stack = Stack::start(&["shop"]).await;
+    let _agent = stack.start_agent(&["--peer-binding", "off"]);
+    let web = stack.app("shop", "web", "web-1").await;
+    stack.seal("shop", "db", "shop", "web", r#"{"password":"old"}"#);
+    stack.seal("shop", "next", "shop", "other", r#"{"password":"new-for-other-eyes"}"#);
+    stack.wait_readable(&web, "db").await;
+    let mut events = stack.client(&web).await.watch(["db"]).unwrap();
+    assert_eq!(value(&next(&mut events).await, "password"), "old");
+
+    stack.bao.hang();
+    // New data (which only OpenBao could decrypt) and a grant for another
+    // service account only, in one write.
+    let next_data = stack.kube.get::<Secret>("shop", "next").await.unwrap().data;
+    let mut secret: Secret = stack.kube.get("shop", "db").await.unwrap();
+    secret.data = next_data;
+    secret.metadata.annotations.as_mut().unwrap().insert("vaultlet.io/allowed-service-accounts".into(), "other".into());
+    stack.kube.replace(secret).await.unwrap();
+    let err = ended_with(&mut events).await;
+    stack.bao.resume();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(!err.to_string().contains("new-for-other-eyes"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_annotation_edit_alone_ends_the_watch() {
     let stack = Stack::start(&["shop"]).await;
