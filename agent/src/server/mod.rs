@@ -28,6 +28,7 @@ mod coalesce;
 mod encode;
 mod error;
 mod layers;
+mod read_turns;
 mod service;
 mod socket;
 mod watch;
