@@ -14,6 +14,9 @@
 //! (`vaultlet-bench --only streams`). Not for single calls: a yield also wakes
 //! the other worker to steal the task, which cost a cached read 10-20 µs
 //! (measured); outside a fan-out, writes go at once.
+//!
+//! The same wrapper, around each connection's socket, reads in turns
+//! (`read_turns`).
 
 use std::io;
 use std::pin::Pin;
@@ -23,6 +26,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
+use super::read_turns::ReadTurns;
 use crate::fanout::FanOut;
 
 /// Turns a write may wait: each is one pass over the tasks queued before it.
@@ -37,12 +41,14 @@ pin_project_lite::pin_project! {
         // the last one.
         turns: u8,
         offered: usize,
+        // Reads go in turns as well (see `read_turns`).
+        reads: ReadTurns,
     }
 }
 
 impl<S> Coalesce<S> {
     pub fn new(inner: S, fan_out: Arc<FanOut>) -> Coalesce<S> {
-        Coalesce { inner, fan_out, turns: 0, offered: 0 }
+        Coalesce { inner, fan_out, turns: 0, offered: 0, reads: ReadTurns::default() }
     }
 }
 
@@ -78,7 +84,8 @@ impl<S: Connected> Connected for Coalesce<S> {
 
 impl<S: AsyncRead> AsyncRead for Coalesce<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_read(cx, buf)
+        let this = self.project();
+        this.reads.poll_read(this.inner, cx, buf)
     }
 }
 

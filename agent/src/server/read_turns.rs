@@ -19,83 +19,46 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tonic::transport::server::Connected;
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// What one turn reads: the opening frames of a few watches.
 const TURN_BYTES: usize = 512;
 
-pin_project_lite::pin_project! {
-    pub struct ReadInTurns<S> {
-        #[pin]
-        inner: S,
-        // Bytes read since the connection last waited or yielded.
-        read: usize,
-    }
+/// A connection's reads in turns (kept by its `Coalesce`, which wraps its
+/// socket once for both directions).
+#[derive(Default)]
+pub struct ReadTurns {
+    // Bytes read since the connection last waited or yielded.
+    read: usize,
 }
 
-impl<S> ReadInTurns<S> {
-    pub fn new(inner: S) -> ReadInTurns<S> {
-        ReadInTurns { inner, read: 0 }
-    }
-}
-
-impl<S: Connected> Connected for ReadInTurns<S> {
-    type ConnectInfo = S::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
-impl<S: AsyncRead> AsyncRead for ReadInTurns<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        if *this.read >= TURN_BYTES {
+impl ReadTurns {
+    /// Reads from `inner` within the turn, or yields once the turn is over.
+    pub fn poll_read<S: AsyncRead>(
+        &mut self,
+        inner: Pin<&mut S>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read >= TURN_BYTES {
             // Queued behind the tasks this turn woke or started (tokio runs a
             // task that wakes itself after the others).
-            *this.read = 0;
+            self.read = 0;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let room = (TURN_BYTES - *this.read).min(buf.remaining());
+        let room = (TURN_BYTES - self.read).min(buf.remaining());
         // Zeroing at most `TURN_BYTES` keeps this free of `unsafe`.
         let mut turn = ReadBuf::new(buf.initialize_unfilled_to(room));
-        let read = this.inner.poll_read(cx, &mut turn);
+        let read = inner.poll_read(cx, &mut turn);
         let n = turn.filled().len();
         if read.is_pending() {
-            *this.read = 0;
+            self.read = 0;
         }
         ready!(read)?;
         buf.advance(n);
-        *this.read += n;
+        self.read += n;
         Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite> AsyncWrite for ReadInTurns<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
     }
 }
 
@@ -105,31 +68,35 @@ mod tests {
 
     use super::*;
 
-    /// One poll of `reader`, whatever it returns.
+    /// One poll of `socket` in `turns`, whatever it returns.
     async fn poll_once<S: AsyncRead + Unpin>(
-        reader: &mut ReadInTurns<S>,
+        turns: &mut ReadTurns,
+        socket: &mut S,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *reader).poll_read(cx, buf))).await
+        std::future::poll_fn(|cx| Poll::Ready(turns.poll_read(Pin::new(&mut *socket), cx, buf))).await
     }
 
     #[tokio::test]
     async fn a_burst_is_read_in_turns_and_nothing_is_lost() {
-        let (a, mut b) = tokio::net::UnixStream::pair().expect("socket pair");
+        let (mut a, mut b) = tokio::net::UnixStream::pair().expect("socket pair");
         let burst: Vec<u8> = (0..10 * TURN_BYTES).map(|i| i as u8).collect();
         b.write_all(&burst).await.expect("write");
         drop(b);
         a.readable().await.expect("readable");
-        let mut reader = ReadInTurns::new(a);
+        let mut turns = ReadTurns::default();
         let mut space = vec![0; 4 * TURN_BYTES];
         let mut buf = ReadBuf::new(&mut space);
-        assert!(matches!(poll_once(&mut reader, &mut buf).await, Poll::Ready(Ok(()))));
+        assert!(matches!(poll_once(&mut turns, &mut a, &mut buf).await, Poll::Ready(Ok(()))));
         assert_eq!(buf.filled().len(), TURN_BYTES, "one read holds one turn at most");
-        assert!(poll_once(&mut reader, &mut buf).await.is_pending(), "the turn is over: the reader yields");
-        assert!(matches!(poll_once(&mut reader, &mut buf).await, Poll::Ready(Ok(()))), "and reads on at its next turn");
+        assert!(poll_once(&mut turns, &mut a, &mut buf).await.is_pending(), "the turn is over: the reader yields");
+        assert!(
+            matches!(poll_once(&mut turns, &mut a, &mut buf).await, Poll::Ready(Ok(()))),
+            "and reads on at its next turn"
+        );
         assert_eq!(buf.filled(), &burst[..2 * TURN_BYTES]);
         let mut rest = Vec::new();
-        reader.read_to_end(&mut rest).await.expect("read the rest");
+        a.read_to_end(&mut rest).await.expect("read the rest");
         assert_eq!(rest, &burst[2 * TURN_BYTES..]);
     }
 }

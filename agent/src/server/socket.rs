@@ -13,7 +13,6 @@ use tokio::net::UnixListener;
 
 use super::ServeError;
 use super::coalesce::Coalesce;
-use super::read_turns::ReadInTurns;
 use crate::audit::{AuditLog, Decision, Record};
 use crate::fanout::FanOut;
 use crate::identity::Authenticator;
@@ -66,7 +65,7 @@ pub struct Acceptor {
 pub fn incoming(
     listener: UnixListener,
     acceptor: Acceptor,
-) -> impl Stream<Item = Result<Coalesce<ReadInTurns<PeerStream>>, std::io::Error>> {
+) -> impl Stream<Item = Result<Coalesce<PeerStream>, std::io::Error>> {
     let refusals = Arc::new(Refusals::new());
     let acceptor = Arc::new(acceptor);
     futures::stream::unfold(listener, move |listener| {
@@ -88,7 +87,6 @@ pub fn incoming(
                             Ok(slot) => {
                                 let open = Open::new(&acceptor.metrics.connections);
                                 let stream = PeerStream::new(stream, peer, slot, open, UNAUTHENTICATED_IDLE);
-                                let stream = ReadInTurns::new(stream);
                                 return Some((Ok(Coalesce::new(stream, acceptor.fan_out.clone())), listener));
                             }
                             Err(refused) => {
