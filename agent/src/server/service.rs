@@ -45,8 +45,8 @@ pub struct Parts {
 pub struct SecretsService {
     parts: Arc<Parts>,
     counters: Counters,
-    /// Changes whenever every open watch checks its access again (see `watch::rechecks`).
-    rechecks: tokio::sync::watch::Receiver<u64>,
+    /// Changes whenever every open watch checks its access again, or ends (see `watch::rechecks`).
+    rechecks: watch::Rechecks,
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedEvent, Status>> + Send>>;
