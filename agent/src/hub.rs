@@ -34,6 +34,7 @@ use vaultlet_client::SecretRef;
 use vaultlet_client::proto::EventKind;
 
 use crate::cache::{Published, SecretState, Subscription};
+use crate::policy::AccessStamp;
 use crate::secret::{SecretId, SecretVersion, ViewMemo};
 
 /// One reference of a watch request, resolved and subscribed.
@@ -47,9 +48,12 @@ pub struct Watched {
 }
 
 /// Whether the subscriber may go on receiving a secret, asked on every
-/// wake-up of its stream.
+/// wake-up of its stream. `allowed` is the reference's own memo of what its
+/// last allowed answer rested on: an implementation may answer from it while
+/// nothing it rests on changed. It is cleared before a recheck of every
+/// reference (a policy reload, pods gone, the token's expiry).
 pub trait Authorize: Send + Sync + 'static {
-    fn authorize(&self, id: &SecretId) -> Result<(), Revoked>;
+    fn authorize(&self, id: &SecretId, allowed: &mut Option<AccessStamp>) -> Result<(), Revoked>;
 }
 
 /// Why a stream ends: the caller may no longer read `index`'s secret
@@ -155,6 +159,7 @@ pub fn events(
             id: w.id,
             reference: w.reference,
             states: Some(w.subscription),
+            allowed: None,
             sent: Sent::Nothing,
             known_revision: w.known_revision,
             failed_revision: None,
@@ -286,8 +291,11 @@ impl Woken<'_> {
             Wake::All => 0..self.trackers.len(),
         };
         for i in checked {
-            let t = &self.trackers[i];
-            if let Err(mut revoked) = self.guard.authorize(&t.id) {
+            let t = &mut self.trackers[i];
+            if matches!(wake, Wake::All) {
+                t.allowed = None;
+            }
+            if let Err(mut revoked) = self.guard.authorize(&t.id, &mut t.allowed) {
                 revoked.index = t.index;
                 *self.revoked = true;
                 self.ready.push_back(Item::Revoked(revoked));
@@ -329,6 +337,8 @@ struct Tracker {
     reference: SecretRef,
     /// None once the cache closed the channel.
     states: Option<Subscription>,
+    /// What its last allowed access check rested on (see `Authorize`).
+    allowed: Option<AccessStamp>,
     sent: Sent,
     known_revision: Option<String>,
     /// The failing revision last reported, so an error is reported once.
@@ -435,6 +445,7 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     use futures::stream::BoxStream;
@@ -475,7 +486,7 @@ mod tests {
     }
 
     impl Authorize for Switch {
-        fn authorize(&self, id: &SecretId) -> Result<(), Revoked> {
+        fn authorize(&self, id: &SecretId, _: &mut Option<AccessStamp>) -> Result<(), Revoked> {
             if self.0.lock().unwrap().contains(&id.name) {
                 let message = format!("may not read {id}");
                 return Err(Revoked {
@@ -665,6 +676,47 @@ mod tests {
     }
 
     /// The events of `name` checked by `guard`, and again at each change of `reloads`.
+    /// Allows everything, answering from a reference's memo while the stamp
+    /// holds; counts the checks it had to make.
+    #[derive(Default)]
+    struct Memo {
+        stamp: std::sync::atomic::AtomicU64,
+        checks: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Authorize for Memo {
+        fn authorize(&self, _: &SecretId, allowed: &mut Option<AccessStamp>) -> Result<(), Revoked> {
+            let stamp = Some(AccessStamp::of_source(self.stamp.load(Ordering::SeqCst)));
+            if *allowed != stamp {
+                self.checks.fetch_add(1, Ordering::SeqCst);
+                *allowed = stamp;
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reference_is_checked_again_once_its_stamp_moves_and_at_every_recheck() {
+        let doc = |n: &str| version(n, &[("k", 1, &format!(r#"{{"a":"{n}"}}"#))]);
+        let tx = Publisher::new(ready(doc("1")));
+        let (reloads, memo) = (watch::Sender::new(0), Arc::new(Memo::default()));
+        let refs = vec![watched(0, "app", None, tx.subscribe(0))];
+        let mut s = super::events(refs, memo.clone(), Some(reloads.subscribe()), None, delays()).boxed();
+        let checks = || memo.checks.load(Ordering::SeqCst);
+        assert_eq!(next(&mut s).await.kind, EventKind::Snapshot);
+        assert_eq!(checks(), 1);
+        tx.publish(ready(doc("2")));
+        assert_eq!(next(&mut s).await.kind, EventKind::ContentChanged);
+        assert_eq!(checks(), 1, "the same stamp: answered from the memo");
+        memo.stamp.fetch_add(1, Ordering::SeqCst);
+        tx.publish(ready(doc("3")));
+        assert_eq!(next(&mut s).await.kind, EventKind::ContentChanged);
+        assert_eq!(checks(), 2, "the stamp moved: checked again");
+        reloads.send_modify(|n| *n += 1);
+        quiet(&mut s).await;
+        assert_eq!(checks(), 3, "a recheck of every reference asks again, the stamp unchanged");
+    }
+
     fn rechecked(
         tx: &Publisher,
         name: &str,

@@ -23,7 +23,7 @@ use crate::hub::{self, Authorize, Events, Item, Revoked, Watched};
 use crate::identity::{Authenticator, Caller};
 use crate::limits::Slot;
 use crate::metrics::{Metrics, Open};
-use crate::policy::Policy;
+use crate::policy::{AccessStamp, Policy};
 use crate::secret::SecretId;
 
 /// The check an open watch makes on every wake-up.
@@ -34,17 +34,26 @@ struct Guard {
 }
 
 impl Authorize for Guard {
-    fn authorize(&self, id: &SecretId) -> Result<(), Revoked> {
+    /// The caller's validity every time; the policy again only once its
+    /// stamp moved since the last allowed answer (see `AccessStamp`).
+    fn authorize(&self, id: &SecretId, allowed: &mut Option<AccessStamp>) -> Result<(), Revoked> {
         if let Err(e) = self.auth.still_valid(&self.caller) {
             let message = e.to_string();
             return Err(Revoked { index: 0, code: tonic::Code::Unauthenticated, reason: message.clone(), message });
+        }
+        // Taken before the check: a change during it moves the stamp again.
+        let stamp = self.policy.access_stamp();
+        if stamp.is_some() && *allowed == stamp {
+            return Ok(());
         }
         self.policy.recheck(&self.caller, id).map_err(|denied| Revoked {
             index: 0,
             code: tonic::Code::PermissionDenied,
             message: format!("access revoked: {denied}"),
             reason: denied.reason,
-        })
+        })?;
+        *allowed = stamp;
+        Ok(())
     }
 }
 

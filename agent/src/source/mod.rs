@@ -86,6 +86,12 @@ pub trait SecretSource: Send + Sync + 'static {
         Access::Unrestricted
     }
 
+    /// A number that changes whenever an answer of `access` may have; `None`
+    /// when the source keeps none (each answer must then be asked anew).
+    fn access_generation(&self) -> Option<u64> {
+        None
+    }
+
     /// A hint for a person when `id` does not exist (where it was looked for).
     fn absent_hint(&self, id: &SecretId) -> Option<String> {
         let _ = id;

@@ -229,6 +229,11 @@ impl SecretSource for KubeSource {
         .boxed()
     }
 
+    /// None until listed: `NotSynced` is no answer to keep.
+    fn access_generation(&self) -> Option<u64> {
+        self.is_listed().then(|| self.catalog.access_generation())
+    }
+
     fn access(&self, id: &SecretId, service_account: &str) -> Access {
         if !self.is_listed() {
             return Access::NotSynced;

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
@@ -42,6 +42,9 @@ pub enum Readers {
 pub struct Catalog {
     inner: RwLock<Inner>,
     generations: AtomicU32,
+    /// Bumped whenever who may read a Secret may have changed: one appeared or
+    /// went, or its annotation changed (see `access_generation`).
+    access_changes: AtomicU64,
 }
 
 #[derive(Default)]
@@ -72,6 +75,17 @@ impl Catalog {
         }
     }
 
+    /// Changes whenever an answer of `readers` may have: an open watch asks
+    /// `readers` again only then (see `policy::AccessStamp`). Bumped under the
+    /// write lock, so a reader that sees the new number sees the new entry.
+    pub fn access_generation(&self) -> u64 {
+        self.access_changes.load(Ordering::Acquire)
+    }
+
+    fn access_changed(&self) {
+        self.access_changes.fetch_add(1, Ordering::Release);
+    }
+
     /// True when the Secret is known at `resource_version`.
     pub fn is_at(&self, id: &SecretId, resource_version: &str) -> bool {
         let inner = self.inner.read().expect("catalog lock");
@@ -98,9 +112,15 @@ impl Catalog {
         };
         let change = |access| Change { id: SecretId::new(ns, name), access };
         match secrets.insert(name, Known { revision, allowed, seen_in: generation }) {
-            None => Some(change(true)),
+            None => {
+                self.access_changed();
+                Some(change(true))
+            }
             Some(old) => {
                 annotations.release(old.allowed);
+                if old.allowed != allowed {
+                    self.access_changed();
+                }
                 (old.revision != revision).then(|| change(old.allowed != allowed))
             }
         }
@@ -112,6 +132,7 @@ impl Catalog {
         let Inner { namespaces, annotations } = &mut *inner;
         let secrets = namespaces.get_mut(ns)?;
         let old = secrets.remove(name)?;
+        self.access_changed();
         annotations.release(old.allowed);
         if secrets.is_empty() {
             namespaces.remove(ns);
@@ -139,6 +160,9 @@ impl Catalog {
             });
             !secrets.is_empty()
         });
+        if !gone.is_empty() {
+            self.access_changed();
+        }
         gone
     }
 
@@ -212,6 +236,30 @@ mod tests {
             announced.push(format!("{}{}", c.id, if c.access { " (access)" } else { "" }));
         }
         announced
+    }
+
+    /// Every change of who may read a Secret moves the access generation (an
+    /// open watch then checks its access again); a new revision with the same
+    /// readers does not.
+    #[tokio::test]
+    async fn the_access_generation_moves_with_every_change_of_readers() {
+        use watcher::Event::*;
+        let catalog = Arc::new(Catalog::default());
+        let mut last = catalog.access_generation();
+        let mut step = async |events: Vec<watcher::Event<ObjectMeta>>, moves: bool, what: &str| {
+            run(&catalog, events).await;
+            let now = catalog.access_generation();
+            assert_eq!(now != last, moves, "{what}");
+            last = now;
+        };
+        step(vec![Init, InitApply(meta("shop", "a", "1", Some("web"))), InitDone], true, "a Secret appears").await;
+        step(vec![Apply(meta("shop", "a", "2", Some("web")))], false, "a new revision, the same readers").await;
+        step(vec![Apply(meta("shop", "a", "3", Some("web,worker")))], true, "its annotation changes").await;
+        step(vec![Apply(meta("shop", "a", "4", None))], true, "its annotation goes").await;
+        step(vec![Delete(meta("shop", "a", "4", None))], true, "it is deleted").await;
+        step(vec![Apply(meta("shop", "b", "1", Some("web")))], true, "another appears").await;
+        step(vec![Init, InitDone], true, "it went while the watch was away").await;
+        step(vec![Init, InitDone], false, "a re-list that finds nothing new").await;
     }
 
     #[tokio::test]
