@@ -10,6 +10,8 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
+use crate::codec::WatchCodec;
+use crate::event_decoder::Received;
 use crate::proto::secrets_client::SecretsClient;
 use crate::token::Bearer;
 use crate::{Error, Secret, SecretRef, TokenSource, WatchStream, proto};
@@ -143,9 +145,9 @@ impl Client {
     pub(crate) async fn open_watch(
         &self,
         req: proto::WatchSecretsRequest,
-    ) -> Result<tonic::Streaming<proto::SecretEvent>, Error> {
+    ) -> Result<tonic::Streaming<Received>, Error> {
         let req = self.request(req)?;
-        match self.rpc.clone().watch_secrets(req).await {
+        match self.watch_secrets(req).await {
             Ok(resp) => {
                 self.bearer.learn(resp.metadata());
                 Ok(resp.into_inner())
@@ -156,6 +158,19 @@ impl Client {
                 Err(status.into())
             }
         }
+    }
+
+    /// The generated `watch_secrets`, with the codec that decodes events
+    /// straight into the client's (`event_decoder`).
+    async fn watch_secrets(
+        &self,
+        mut req: tonic::Request<proto::WatchSecretsRequest>,
+    ) -> Result<tonic::Response<tonic::Streaming<Received>>, tonic::Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready().await.map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+        req.extensions_mut().insert(tonic::GrpcMethod::new("vaultlet.v1.Secrets", "WatchSecrets"));
+        let path = http::uri::PathAndQuery::from_static("/vaultlet.v1.Secrets/WatchSecrets");
+        grpc.server_streaming(req, path, WatchCodec).await
     }
 
     /// Wraps a message with the caller's current token.

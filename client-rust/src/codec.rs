@@ -12,6 +12,7 @@ use secrecy::zeroize::Zeroize;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
+use crate::event_decoder::{EventDecoder, Received};
 use crate::proto;
 
 /// An event of a secret with a few short values (a password, a user, a host)
@@ -46,6 +47,26 @@ where
 
     fn decoder(&mut self) -> Self::Decoder {
         SliceDecoder(PhantomData)
+    }
+}
+
+/// The codec of a watch: its request as any other, its events decoded
+/// straight into the client's (`event_decoder`).
+#[derive(Debug, Clone, Default)]
+pub struct WatchCodec;
+
+impl Codec for WatchCodec {
+    type Encode = proto::WatchSecretsRequest;
+    type Decode = Received;
+    type Encoder = WipingEncoder<proto::WatchSecretsRequest>;
+    type Decoder = EventDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        WipingEncoder(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        EventDecoder
     }
 }
 

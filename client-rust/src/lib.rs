@@ -32,6 +32,7 @@ pub mod codec;
 #[cfg(feature = "server")]
 pub mod encoded;
 mod error;
+mod event_decoder;
 pub mod reference;
 mod secret;
 mod token;

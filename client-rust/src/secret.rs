@@ -129,18 +129,8 @@ pub struct Event {
     pub error: Option<EventError>,
 }
 
-impl Event {
-    pub(crate) fn from_proto(m: proto::SecretEvent) -> Result<Self, Error> {
-        let secret = m.secret.ok_or_else(|| Error::Protocol("event without secret".into()))?;
-        Ok(Event {
-            kind: m.kind.into(),
-            index: m.index as usize,
-            secret: Secret::from_proto(secret)?,
-            error: m.error.map(|e| EventError {
-                code: tonic::Code::from(e.code),
-                message: e.message,
-                revision: e.revision,
-            }),
-        })
+impl From<proto::EventError> for EventError {
+    fn from(e: proto::EventError) -> Self {
+        EventError { code: tonic::Code::from(e.code), message: e.message, revision: e.revision }
     }
 }

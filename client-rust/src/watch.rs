@@ -14,6 +14,7 @@ use futures::Stream;
 use futures::future::BoxFuture;
 use tonic::Code;
 
+use crate::event_decoder::Received;
 use crate::{Client, Error, Event, EventKind, SecretRef, proto};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -156,7 +157,7 @@ struct State {
     client: Client,
     refs: Vec<SecretRef>,
     held: Vec<Held>,
-    stream: Option<tonic::Streaming<proto::SecretEvent>>,
+    stream: Option<tonic::Streaming<Received>>,
     attempt: u32,
     /// The watch has been accepted once: its caller was who it must be.
     delivered: bool,
@@ -186,8 +187,8 @@ impl State {
     }
 
     /// The event `msg` carries, unless the caller already has it.
-    fn accept(&mut self, msg: proto::SecretEvent) -> Result<Option<Event>, Error> {
-        let event = Event::from_proto(msg)?;
+    fn accept(&mut self, received: Received) -> Result<Option<Event>, Error> {
+        let event = received?;
         let Some(held) = self.held.get_mut(event.index) else {
             return Err(Error::Protocol(format!("event for unknown index {}", event.index)));
         };
