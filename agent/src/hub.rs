@@ -129,6 +129,7 @@ pin_project_lite::pin_project! {
         // would otherwise queue them on it.
         registered: Option<Waker>,
         guard: Arc<dyn Authorize>,
+        // The second item of a wake-up that had two (see `Out`).
         ready: VecDeque<Item>,
         revoked: bool,
         delays: Histogram,
@@ -259,12 +260,15 @@ impl Stream for Events {
                         trackers: this.trackers,
                         guard: this.guard,
                         revoked: this.revoked,
-                        ready: this.ready,
+                        out: Out { first: None, rest: this.ready },
                         delays: this.delays,
                         opened: *this.opened,
                         measured: this.measured,
                     };
                     s.on(wake);
+                    if let Some(item) = s.out.first {
+                        return Poll::Ready(Some(item));
+                    }
                 }
                 None if open => return Poll::Pending,
                 None => return Poll::Ready(None),
@@ -273,12 +277,35 @@ impl Stream for Events {
     }
 }
 
+/// The items of one wake-up: at most two (a version's event, then its
+/// error). The first goes straight to the caller; only a second waits in the
+/// stream's queue. (Queued, each event allocated the queue and freed it:
+/// 275 of the 9,450 instructions an event cost the agent, callgrind.)
+struct Out<'a> {
+    first: Option<Item>,
+    rest: &'a mut VecDeque<Item>,
+}
+
+impl Out<'_> {
+    fn push(&mut self, item: Item) {
+        if self.first.is_none() {
+            self.first = Some(item);
+        } else {
+            self.rest.push_back(item);
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+}
+
 /// A stream's state while it handles a wake-up.
 struct Woken<'a> {
     trackers: &'a mut Vec<Tracker>,
     guard: &'a Arc<dyn Authorize>,
     revoked: &'a mut bool,
-    ready: &'a mut VecDeque<Item>,
+    out: Out<'a>,
     delays: &'a Histogram,
     opened: Instant,
     measured: &'a mut Option<Instant>,
@@ -298,14 +325,14 @@ impl Woken<'_> {
             if let Err(mut revoked) = self.guard.authorize(&t.id, &mut t.allowed) {
                 revoked.index = t.index;
                 *self.revoked = true;
-                self.ready.push_back(Item::Revoked(revoked));
+                self.out.push(Item::Revoked(revoked));
                 return;
             }
         }
         if let Wake::State(i, published) = wake {
-            let before = self.ready.len();
-            self.trackers[i].advance(&published.state, self.ready);
-            if self.ready.len() > before {
+            let before = self.out.len();
+            self.trackers[i].advance(&published.state, &mut self.out);
+            if self.out.len() > before {
                 self.measure(published.seen);
             }
         }
@@ -358,13 +385,13 @@ impl Tracker {
     }
 
     /// Queues the events that take the subscriber from what it holds to `state`.
-    fn advance(&mut self, state: &SecretState, out: &mut VecDeque<Item>) {
+    fn advance(&mut self, state: &SecretState, out: &mut Out<'_>) {
         match state {
             SecretState::Absent => {
                 if !matches!(self.sent, Sent::Deleted) {
                     self.sent = Sent::Deleted;
                     self.failed_revision = None;
-                    out.push_back(self.event(EventKind::Deleted, None, None));
+                    out.push(self.event(EventKind::Deleted, None, None));
                 }
             }
             SecretState::Ready { version, error } => {
@@ -386,13 +413,13 @@ impl Tracker {
                                 message: e.to_string(),
                                 revision: version.revision.clone(),
                             };
-                            out.push_back(self.event(EventKind::Error, self.held(), Some(error)));
+                            out.push(self.event(EventKind::Error, self.held(), Some(error)));
                         }
                         return;
                     }
                 };
                 if let Some(kind) = self.values_event(version, &view, key_version) {
-                    out.push_back(self.event(kind, Some(version.clone()), None));
+                    out.push(self.event(kind, Some(version.clone()), None));
                 }
                 self.sent = Sent::Version(version.clone(), key_version);
                 match error {
@@ -425,12 +452,7 @@ impl Tracker {
         }
     }
 
-    fn push_error(
-        &mut self,
-        out: &mut VecDeque<Item>,
-        e: &crate::cache::VersionError,
-        last_good: Option<Arc<SecretVersion>>,
-    ) {
+    fn push_error(&mut self, out: &mut Out<'_>, e: &crate::cache::VersionError, last_good: Option<Arc<SecretVersion>>) {
         if self.failed_revision.as_deref() != Some(e.revision.as_str()) {
             self.failed_revision = Some(e.revision.clone());
             let error = EventError {
@@ -438,7 +460,7 @@ impl Tracker {
                 message: e.message.clone(),
                 revision: e.revision.clone(),
             };
-            out.push_back(self.event(EventKind::Error, last_good, Some(error)));
+            out.push(self.event(EventKind::Error, last_good, Some(error)));
         }
     }
 }
