@@ -177,6 +177,10 @@ pub struct Propagation {
     /// Spent from a rotation's write until every subscriber held it (the mean
     /// of the rounds).
     pub rotation_cpu: Cpu,
+    /// Each round's p99, rotation then edit. The first round's change is the
+    /// first in the steady-state experiment's quiet seconds, as a change in
+    /// production usually is: the caches of both ends are cold.
+    pub rounds_p99_ms: Vec<[f64; 2]>,
 }
 
 #[derive(Serialize)]
@@ -423,7 +427,8 @@ async fn on_one_stack(plan: &Plan, bench_bin: &Path, report: &mut Report, sample
             "propagation: {} rounds of a rotation and an edit of the secret the {} streams watch",
             plan.rounds, plan.subscribers
         ));
-        let (recrypted, content, cpu) = propagation(&stack, &mut streams, agent.pid(), plan.rounds).await;
+        let (recrypted, content, cpu, rounds_p99_ms) =
+            propagation(&stack, &mut streams, agent.pid(), plan.rounds).await;
         let (mut r, mut c) = (recrypted.clone(), content.clone());
         let (rs, cs) = (summarize(&mut r), summarize(&mut c));
         say(&format!(
@@ -455,6 +460,7 @@ async fn on_one_stack(plan: &Plan, bench_bin: &Path, report: &mut Report, sample
             content_p99_ms: round(cs.p99_us / 1e3),
             content_max_ms: round(cs.max_us / 1e3),
             rotation_cpu: cpu,
+            rounds_p99_ms,
         });
         report.steady_vault_calls_per_min = Some(per_min);
         pushed = Some((rs, cs, per_min));
@@ -680,10 +686,10 @@ async fn propagation(
     watchers: &mut Watchers,
     agent: u32,
     rounds: usize,
-) -> (Vec<Duration>, Vec<Duration>, Cpu) {
+) -> (Vec<Duration>, Vec<Duration>, Cpu, Vec<[f64; 2]>) {
     let transit = root_transit(stack);
-    let (mut recrypted, mut content, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..rounds {
+    let (mut recrypted, mut content, mut cpu, mut rounds_p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..rounds {
         let rotated = rewrap_hot(stack, &transit).await;
         let before = Cpu::of(agent, watchers);
         let start = pods::monotonic_ns();
@@ -700,15 +706,17 @@ async fn propagation(
         stack.kube.replace(edited).await.expect("write the edited Secret");
         watchers.arrived(EventKind::ContentChanged).await;
         let times = watchers.times(EventKind::ContentChanged, start).await;
+        let edit_p99 = round_p99(times.clone());
+        let agent_ms = cpu.last().map_or(0.0, |c: &Cpu| c.agent_ms);
         say(&format!(
-            "  round {}: p99 rotation {rotation_p99:.1} ms, edit {:.1} ms; agent {:.1} MiB resident",
-            round + 1,
-            round_p99(times.clone()),
+            "  round {}: p99 rotation {rotation_p99:.1} ms (agent CPU {agent_ms:.0} ms), edit {edit_p99:.1} ms; agent {:.1} MiB resident",
+            i + 1,
             rss_mib(agent)
         ));
+        rounds_p99.push([round(rotation_p99), round(edit_p99)]);
         content.extend(times);
     }
-    (recrypted, content, Cpu::mean(&cpu))
+    (recrypted, content, Cpu::mean(&cpu), rounds_p99)
 }
 
 /// CPU time (user and system) of the agent and of the watchers' processes;
