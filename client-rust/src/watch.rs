@@ -145,7 +145,12 @@ impl Held {
             EventKind::Deleted => *self = Held { deleted: true, ..Held::default() },
             EventKind::Error => self.failed_revision = e.error.as_ref().map(|err| err.revision.clone()),
             _ => {
-                self.revision = Some(e.secret.revision.clone());
+                // Into the string held before, whose buffer fits a revision:
+                // no allocation per event.
+                match &mut self.revision {
+                    Some(held) => held.clone_from(&e.secret.revision),
+                    None => self.revision = Some(e.secret.revision.clone()),
+                }
                 self.deleted = false;
                 self.failed_revision = None;
             }
