@@ -702,7 +702,6 @@ mod tests {
         assert!(matches!(next_item(&mut s).await, Item::Revoked(_)), "a policy reload revokes");
     }
 
-    /// The events of `name` checked by `guard`, and again at each change of `reloads`.
     /// Allows everything, answering from a reference's memo while the stamp
     /// holds; counts the checks it had to make.
     #[derive(Default)]
@@ -744,6 +743,7 @@ mod tests {
         assert_eq!(checks(), 3, "a recheck of every reference asks again, the stamp unchanged");
     }
 
+    /// The events of `name` checked by `guard`, and again at each change of `reloads`.
     fn rechecked(
         tx: &Publisher,
         name: &str,
