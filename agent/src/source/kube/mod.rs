@@ -213,7 +213,8 @@ impl SecretSource for KubeSource {
                 return Ok(Loaded::Unchanged);
             }
             // The data as it is now: at the revision the watch announced, or newer.
-            let Some(secret) = fetch::secret(&self.client, id, &self.metrics).await? else {
+            let announced = |revision: &str| self.catalog.is_at(id, revision);
+            let Some(secret) = fetch::secret(&self.client, id, &self.metrics, announced).await? else {
                 return Ok(Loaded::Absent);
             };
             let revision = secret.metadata.resource_version.clone().unwrap_or_default();
