@@ -187,6 +187,11 @@ impl Events {
         let t = &self.trackers[event.tracker];
         (&t.id, &t.reference)
     }
+
+    /// The watched references, in request order.
+    pub fn references(&self) -> impl Iterator<Item = &SecretRef> {
+        self.trackers.iter().map(|t| &t.reference)
+    }
 }
 
 impl Stream for Events {

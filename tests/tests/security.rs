@@ -194,6 +194,16 @@ async fn a_watch_ends_before_the_new_value_when_the_annotation_drops_its_service
     assert_eq!(revoked[0]["caller"], "shop/web");
     assert_eq!(revoked[0]["status"], "PERMISSION_DENIED");
     assert!(revoked[0]["reason"].as_str().unwrap().contains("does not list web"), "{}", revoked[0]);
+    // In the terms of the call that opened the watch (made again from what the stream keeps).
+    let opened = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["method"] == "WatchSecrets" && r["decision"] == "allowed")
+        .expect("the watch's opening record");
+    for field in ["method", "caller", "pod", "pod_uid", "peer_pid", "peer_uid", "binding", "secrets", "unbound"] {
+        assert_eq!(revoked[0][field], opened[field], "{field}: {} against {opened}", revoked[0]);
+    }
+    assert_eq!(opened["secrets"], serde_json::json!(["shop/db"]), "{opened}");
 }
 
 /// A grant that goes ends the watch at once, before the Secret's new value

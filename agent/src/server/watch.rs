@@ -17,8 +17,8 @@ use tonic::Status;
 use vaultlet_client::encoded::EncodedEvent;
 
 use super::encode::encode_event;
-use super::service::{EventStream, Parts};
-use crate::audit::{AuditLog, Decision, Record};
+use super::service::{EventStream, Parts, Process, opening_record};
+use crate::audit::{AuditLog, Decision};
 use crate::hub::{self, Authorize, Events, Item, Revoked, Watched};
 use crate::identity::{Authenticator, Caller};
 use crate::limits::Slot;
@@ -92,18 +92,18 @@ pub fn rechecks(parts: &Parts) -> Rechecks {
 }
 
 /// The stream of `watched` for `caller`, holding its place among the peer's
-/// streams (`slot`) until it ends. `opened` is the record of the call that
-/// opened it: a revocation is recorded in its terms.
+/// streams (`slot`) until it ends. A revocation is recorded in the terms of
+/// the call that opened it, made by `process` (`opening_record`).
 pub fn stream(
     parts: &Arc<Parts>,
     rechecks: Rechecks,
     caller: Arc<Caller>,
     watched: Vec<Watched>,
     slot: Slot,
-    opened: Record,
+    process: Process,
 ) -> EventStream {
     let until = caller.valid_until.map(|t| Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default());
-    let guard = Arc::new(Guard { caller, auth: parts.auth.clone(), policy: parts.policy.clone() });
+    let guard = Arc::new(Guard { caller: caller.clone(), auth: parts.auth.clone(), policy: parts.policy.clone() });
     let delays = parts.metrics.latency.propagation.clone();
     Box::pin(Watch {
         events: hub::events(watched, guard, Some(rechecks.changes), until, delays),
@@ -111,7 +111,8 @@ pub fn stream(
         ending: None,
         audit: parts.audit.clone(),
         metrics: parts.metrics.clone(),
-        opened,
+        caller,
+        process,
         _held: (Open::new(&parts.metrics.watch_streams), slot),
     })
 }
@@ -127,7 +128,8 @@ pin_project_lite::pin_project! {
         ending: Option<BoxFuture<'static, Status>>,
         audit: Option<AuditLog>,
         metrics: Arc<Metrics>,
-        opened: Record,
+        caller: Arc<Caller>,
+        process: Process,
         _held: (Open, Slot),
     }
 }
@@ -153,12 +155,11 @@ impl Stream for Watch {
             }
             Some(Item::Revoked(r)) => {
                 this.metrics.watch_revocations.inc();
-                tracing::info!(caller = this.opened.caller.as_deref(), reason = %r.reason, "watch revoked");
-                let mut record = Record {
-                    decision: Decision::Revoked,
-                    status: Some(vaultlet_client::code_name(r.code)),
-                    ..this.opened.clone()
-                };
+                tracing::info!(caller = this.caller.audit_name.as_deref(), reason = %r.reason, "watch revoked");
+                let references = this.events.as_ref().get_ref().references();
+                let mut record = opening_record(*this.process, this.caller, references);
+                record.decision = Decision::Revoked;
+                record.status = Some(vaultlet_client::code_name(r.code));
                 record.set_reason(&r.reason);
                 let audit = this.audit.clone();
                 let mut ending = async move {
