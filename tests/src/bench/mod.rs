@@ -710,10 +710,14 @@ async fn propagation(
         watchers.arrived(EventKind::ContentChanged).await;
         let times = watchers.times(EventKind::ContentChanged, start).await;
         let (edit_first, edit_p99) = round_p99(times.clone());
-        let agent_ms = cpu.last().map_or(0.0, |c: &Cpu| c.agent_ms);
+        let c = cpu.last().expect("this round's");
         say(&format!(
-            "  round {}: rotation first {rotation_first:.1} ms, p99 {rotation_p99:.1} ms (agent CPU {agent_ms:.0} ms); edit first {edit_first:.1} ms, p99 {edit_p99:.1} ms; agent {:.1} MiB resident",
+            "  round {}: rotation first {rotation_first:.1} ms, p99 {rotation_p99:.1} ms (CPU agent {:.0} ms, watchers {:.0} ms; page faults {:.0} and {:.0}); edit first {edit_first:.1} ms, p99 {edit_p99:.1} ms; agent {:.1} MiB resident",
             i + 1,
+            c.agent_ms,
+            c.watchers_ms,
+            c.agent_page_faults,
+            c.watchers_page_faults,
             rss_mib(agent)
         ));
         rounds_p99.push([round(rotation_p99), round(edit_p99)]);
@@ -724,7 +728,8 @@ async fn propagation(
 
 /// CPU time (user and system) of the agent and of the watchers' processes;
 /// how many writes carried the events, and how often the processes slept and
-/// woke: what batching saves.
+/// woke: what batching saves; and the pages they touched for the first time
+/// (minor faults: memory allocated then, or given back and taken again).
 #[derive(Serialize, Default)]
 pub struct Cpu {
     pub agent_ms: f64,
@@ -732,6 +737,8 @@ pub struct Cpu {
     pub agent_writes: f64,
     pub agent_context_switches: f64,
     pub watchers_context_switches: f64,
+    pub agent_page_faults: f64,
+    pub watchers_page_faults: f64,
 }
 
 impl Cpu {
@@ -743,6 +750,8 @@ impl Cpu {
             agent_writes: io_count(agent, "syscw") as f64,
             agent_context_switches: context_switches(agent) as f64,
             watchers_context_switches: ids.iter().map(|&id| context_switches(id) as f64).sum(),
+            agent_page_faults: minor_faults(agent) as f64,
+            watchers_page_faults: ids.iter().map(|&id| minor_faults(id) as f64).sum(),
         }
     }
 
@@ -753,6 +762,8 @@ impl Cpu {
             agent_writes: self.agent_writes - before.agent_writes,
             agent_context_switches: self.agent_context_switches - before.agent_context_switches,
             watchers_context_switches: self.watchers_context_switches - before.watchers_context_switches,
+            agent_page_faults: self.agent_page_faults - before.agent_page_faults,
+            watchers_page_faults: self.watchers_page_faults - before.watchers_page_faults,
         }
     }
 
@@ -765,6 +776,8 @@ impl Cpu {
             agent_writes: sum(|c| c.agent_writes),
             agent_context_switches: sum(|c| c.agent_context_switches),
             watchers_context_switches: sum(|c| c.watchers_context_switches),
+            agent_page_faults: sum(|c| c.agent_page_faults),
+            watchers_page_faults: sum(|c| c.watchers_page_faults),
         }
     }
 }
@@ -773,6 +786,14 @@ impl Cpu {
 fn io_count(pid: u32, name: &str) -> u64 {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
     io.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Minor page faults of a process (/proc/PID/stat, its tenth field), 0 if unreadable.
+fn minor_faults(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name, which may hold spaces: the state is the third field.
+    let fields = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    fields.split_whitespace().nth(7).and_then(|f| f.parse().ok()).unwrap_or(0)
 }
 
 /// Context switches, voluntary or not, of every thread of a process.
