@@ -272,7 +272,8 @@ impl SecretsService {
         let refs: Vec<_> = request.get_ref().secrets.iter().map(|t| t.r#ref.clone()).collect();
         let peer = request.extensions().get::<Peer>();
         let key = peer.map_or(PeerKey::Unidentified, Peer::key);
-        let mut call = Call::new(Method::Watch, Process::of(peer));
+        let process = Process::of(peer);
+        let mut call = Call::new(Method::Watch, process);
         let outcome = async {
             let (caller, resolved) = self.admit(&mut call, peer, request.metadata(), refs).await?;
             let slot = self.parts.admission.stream(&key).inspect_err(|_| {
@@ -295,7 +296,6 @@ impl SecretsService {
         let written = self.commit(call, outcome.as_ref().err()).await;
         let result = match (outcome, written) {
             (Ok((caller, watched, slot)), Ok(())) => {
-                let process = Process::of(peer);
                 Ok(announced(watch::stream(&self.parts, self.rechecks.clone(), caller, watched, slot, process)))
             }
             (Ok(_), Err(e)) => Err(ServiceError::from(e).into()),
