@@ -697,11 +697,11 @@ async fn propagation(
         watchers.arrived(EventKind::Recrypted).await;
         cpu.push(Cpu::of(agent, watchers).since(&before));
         let times = watchers.times(EventKind::Recrypted, start).await;
-        let round_p99 = |mut t: Vec<Duration>| {
+        let first_and_p99 = |mut t: Vec<Duration>| {
             let s = summarize(&mut t);
             (s.min_us / 1e3, s.p99_us / 1e3)
         };
-        let (rotation_first, rotation_p99) = round_p99(times.clone());
+        let (rotation_first, rotation_p99) = first_and_p99(times.clone());
         recrypted.extend(times);
 
         let edited = new_content_hot(stack, &transit).await;
@@ -709,7 +709,7 @@ async fn propagation(
         stack.kube.replace(edited).await.expect("write the edited Secret");
         watchers.arrived(EventKind::ContentChanged).await;
         let times = watchers.times(EventKind::ContentChanged, start).await;
-        let (edit_first, edit_p99) = round_p99(times.clone());
+        let (edit_first, edit_p99) = first_and_p99(times.clone());
         let c = cpu.last().expect("this round's");
         say(&format!(
             "  round {}: rotation first {rotation_first:.1} ms, p99 {rotation_p99:.1} ms (CPU agent {:.0} ms, watchers {:.0} ms; page faults {:.0} and {:.0}); edit first {edit_first:.1} ms, p99 {edit_p99:.1} ms; agent {:.1} MiB resident",
