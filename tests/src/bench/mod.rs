@@ -441,8 +441,14 @@ async fn on_one_stack(plan: &Plan, bench_bin: &Path, report: &mut Report, sample
             cs.p99_us / 1e3
         ));
         say(&format!(
-            "  a rotation's events cost: CPU agent {:.0} ms, the watchers' processes {:.0} ms; the agent's writes {:.0}; context switches agent {:.0}, watchers {:.0}",
-            cpu.agent_ms, cpu.watchers_ms, cpu.agent_writes, cpu.agent_context_switches, cpu.watchers_context_switches
+            "  a rotation's events cost: CPU agent {:.0} ms, the watchers' processes {:.0} ms (the other processes {:.0} ms, stolen {:.0} ms); the agent's writes {:.0}; context switches agent {:.0}, watchers {:.0}",
+            cpu.agent_ms,
+            cpu.watchers_ms,
+            cpu.others_ms,
+            cpu.steal_ms,
+            cpu.agent_writes,
+            cpu.agent_context_switches,
+            cpu.watchers_context_switches
         ));
         let peak_mib = peak_mib(agent.pid());
         say(&format!("  agent peak so far: {peak_mib:.1} MiB"));
@@ -712,10 +718,12 @@ async fn propagation(
         let (edit_first, edit_p99) = first_and_p99(times.clone());
         let c = cpu.last().expect("this round's");
         say(&format!(
-            "  round {}: rotation first {rotation_first:.1} ms, p99 {rotation_p99:.1} ms (CPU agent {:.0} ms, watchers {:.0} ms; page faults {:.0} and {:.0}); edit first {edit_first:.1} ms, p99 {edit_p99:.1} ms; agent {:.1} MiB resident",
+            "  round {}: rotation first {rotation_first:.1} ms, p99 {rotation_p99:.1} ms (CPU agent {:.0} ms, watchers {:.0} ms, others {:.0} ms, stolen {:.0} ms; page faults {:.0} and {:.0}); edit first {edit_first:.1} ms, p99 {edit_p99:.1} ms; agent {:.1} MiB resident",
             i + 1,
             c.agent_ms,
             c.watchers_ms,
+            c.others_ms,
+            c.steal_ms,
             c.agent_page_faults,
             c.watchers_page_faults,
             rss_mib(agent)
@@ -730,10 +738,16 @@ async fn propagation(
 /// how many writes carried the events, and how often the processes slept and
 /// woke: what batching saves; and the pages they touched for the first time
 /// (minor faults: memory allocated then, or given back and taken again).
+/// `others_ms` is every other process of the machine (the API server, etcd,
+/// OpenBao, the benchmark), and `steal_ms` the time the hypervisor gave both
+/// CPUs to someone else (/proc/stat, in 10 ms ticks): what a slow round lost
+/// that the agent and the watchers did not spend.
 #[derive(Serialize, Default)]
 pub struct Cpu {
     pub agent_ms: f64,
     pub watchers_ms: f64,
+    pub others_ms: f64,
+    pub steal_ms: f64,
     pub agent_writes: f64,
     pub agent_context_switches: f64,
     pub watchers_context_switches: f64,
@@ -744,9 +758,12 @@ pub struct Cpu {
 impl Cpu {
     fn of(agent: u32, watchers: &Watchers) -> Cpu {
         let ids: Vec<u32> = watchers.children.iter().filter_map(tokio::process::Child::id).collect();
+        let (agent_ms, watchers_ms) = (cpu_ms(agent), ids.iter().copied().map(cpu_ms).sum());
         Cpu {
-            agent_ms: cpu_ms(agent),
-            watchers_ms: ids.iter().copied().map(cpu_ms).sum(),
+            agent_ms,
+            watchers_ms,
+            others_ms: machine_cpu_ms() - agent_ms - watchers_ms,
+            steal_ms: steal_ms(),
             agent_writes: io_count(agent, "syscw") as f64,
             agent_context_switches: context_switches(agent) as f64,
             watchers_context_switches: ids.iter().map(|&id| context_switches(id) as f64).sum(),
@@ -759,6 +776,8 @@ impl Cpu {
         Cpu {
             agent_ms: self.agent_ms - before.agent_ms,
             watchers_ms: self.watchers_ms - before.watchers_ms,
+            others_ms: self.others_ms - before.others_ms,
+            steal_ms: self.steal_ms - before.steal_ms,
             agent_writes: self.agent_writes - before.agent_writes,
             agent_context_switches: self.agent_context_switches - before.agent_context_switches,
             watchers_context_switches: self.watchers_context_switches - before.watchers_context_switches,
@@ -773,6 +792,8 @@ impl Cpu {
         Cpu {
             agent_ms: sum(|c| c.agent_ms),
             watchers_ms: sum(|c| c.watchers_ms),
+            others_ms: sum(|c| c.others_ms),
+            steal_ms: sum(|c| c.steal_ms),
             agent_writes: sum(|c| c.agent_writes),
             agent_context_switches: sum(|c| c.agent_context_switches),
             watchers_context_switches: sum(|c| c.watchers_context_switches),
@@ -821,6 +842,20 @@ fn cpu_ms(pid: u32) -> f64 {
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
     ns as f64 / 1e6
+}
+
+/// Time on CPU of every process of the machine, as `cpu_ms` counts it.
+fn machine_cpu_ms() -> f64 {
+    let processes = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    processes.filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok()).map(cpu_ms).sum()
+}
+
+/// Stolen time of all CPUs (/proc/stat, field 8 of its first line), in
+/// milliseconds at Linux's 100 ticks a second; 0 if unreadable.
+fn steal_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu = stat.lines().next().unwrap_or_default();
+    cpu.split_whitespace().nth(8).and_then(|t| t.parse::<f64>().ok()).map_or(0.0, |ticks| ticks * 10.0)
 }
 
 fn root_transit(stack: &Stack) -> Arc<Transit> {
