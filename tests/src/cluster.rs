@@ -72,6 +72,11 @@ impl Cluster {
         self.cp.url()
     }
 
+    /// The API server through `proxy`.
+    pub fn proxy_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.proxy.port())
+    }
+
     pub fn issuer(&self) -> &str {
         self.cp.issuer()
     }
@@ -274,11 +279,10 @@ impl Cluster {
     }
 
     /// A kubeconfig at `path` for whoever holds the token in `token_file`,
-    /// reaching the API server through the proxy or directly.
-    pub fn write_kubeconfig(&self, path: &Path, token_file: &Path, through_proxy: bool) {
+    /// reaching the API server at `server` (`url`, `proxy_url`, or a front's).
+    pub fn write_kubeconfig(&self, path: &Path, token_file: &Path, server: &str) {
         use base64::Engine;
         let ca = std::fs::read(self.cp.ca_file()).expect("the CA");
-        let server = if through_proxy { format!("https://127.0.0.1:{}", self.proxy.port()) } else { self.url().into() };
         let config = serde_json::json!({
             "apiVersion": "v1", "kind": "Config", "current-context": "test",
             "clusters": [{"name": "test", "cluster": {

@@ -7,5 +7,6 @@ pub mod cgroup;
 pub mod cluster;
 pub mod controlplane;
 pub mod events;
+pub mod lagging_cache;
 pub mod proxy;
 pub mod stack;

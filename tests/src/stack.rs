@@ -28,6 +28,7 @@ pub struct Stack {
     /// The operator's kubeconfig (`vaultlet-seal`), what `vaultlet` runs with.
     pub kubeconfig: PathBuf,
     agent_kubeconfig: PathBuf,
+    agent_api_token: PathBuf,
     agent_token: PathBuf,
     recrypt_kubeconfig: PathBuf,
     recrypt_vault_token: PathBuf,
@@ -81,9 +82,9 @@ impl Stack {
             path
         };
         let agent_api = kube.token(AGENT_NAMESPACE, "vaultlet", Some("vaultlet-agent"), &[], TOKEN_TTL).await;
-        let agent_api = write("agent-api-token", agent_api);
+        let agent_api_token = write("agent-api-token", agent_api);
         let agent_kubeconfig = dir.path().join("agent.kubeconfig");
-        kube.write_kubeconfig(&agent_kubeconfig, &agent_api, true);
+        kube.write_kubeconfig(&agent_kubeconfig, &agent_api_token, &kube.proxy_url());
         let agent_vault =
             kube.token(AGENT_NAMESPACE, "vaultlet", Some("vaultlet-agent"), &[VAULT_AUDIENCE], TOKEN_TTL).await;
         let agent_token = write("agent-token", agent_vault);
@@ -94,14 +95,14 @@ impl Stack {
             kube.token(AGENT_NAMESPACE, "vaultlet-recrypt", Some("vaultlet-recrypt-1"), &[], TOKEN_TTL).await;
         let recrypt_api = write("recrypt-api-token", recrypt_api);
         let recrypt_kubeconfig = dir.path().join("recrypt.kubeconfig");
-        kube.write_kubeconfig(&recrypt_kubeconfig, &recrypt_api, false);
+        kube.write_kubeconfig(&recrypt_kubeconfig, &recrypt_api, kube.url());
         let recrypt_vault = kube
             .token(AGENT_NAMESPACE, "vaultlet-recrypt", Some("vaultlet-recrypt-1"), &[VAULT_AUDIENCE], TOKEN_TTL)
             .await;
         let recrypt_vault_token = write("recrypt-vault-token", recrypt_vault);
         let kubeconfig = dir.path().join("operator.kubeconfig");
         let operator = operator_token(&kube).await;
-        kube.write_kubeconfig(&kubeconfig, &write("operator-token", operator), false);
+        kube.write_kubeconfig(&kubeconfig, &write("operator-token", operator), kube.url());
 
         // OpenBao runs outside the cluster: it reviews login tokens with the
         // reviewer's token, as the deploy guide describes.
@@ -121,12 +122,20 @@ impl Stack {
             bao,
             kubeconfig,
             agent_kubeconfig,
+            agent_api_token,
             agent_token,
             recrypt_kubeconfig,
             recrypt_vault_token,
             files,
             admin_port,
         }
+    }
+
+    /// Points the agent's kubeconfig at `https://127.0.0.1:{port}` (a front
+    /// such as `LaggingCache`) instead of the cluster's proxy; before `start_agent`.
+    pub fn route_agent_to(&self, port: u16) {
+        let server = format!("https://127.0.0.1:{port}");
+        self.kube.write_kubeconfig(&self.agent_kubeconfig, &self.agent_api_token, &server);
     }
 
     /// Runs `deploy/openbao/setup.sh` against this stack again (it is idempotent).

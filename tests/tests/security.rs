@@ -13,6 +13,7 @@ use secrecy::ExposeSecret;
 use vaultlet_client::{Code, Event, EventKind, WatchStream};
 use vaultlet_tests::cluster::SignedToken;
 use vaultlet_tests::events::{next_within, value};
+use vaultlet_tests::lagging_cache::LaggingCache;
 use vaultlet_tests::stack::{App, Stack};
 
 async fn next(events: &mut WatchStream) -> Event {
@@ -204,6 +205,35 @@ async fn a_watch_ends_before_the_new_value_when_the_annotation_drops_its_service
         assert_eq!(revoked[0][field], opened[field], "{field}: {} against {opened}", revoked[0]);
     }
     assert_eq!(opened["secrets"], serde_json::json!(["shop/db"]), "{opened}");
+}
+
+/// With several API servers, the one whose watch announced a change may be
+/// ahead of the one whose cache answers the agent's read of it. A secret
+/// rotated after a leak must not come back from that cache: the agent keeps a
+/// cached read only at the announced revision and reads anything else again
+/// from etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_api_server_cache_never_rolls_a_secret_back() {
+    let stack = Stack::start(&["shop"]).await;
+    let cache = LaggingCache::start(&stack.kube.cp.dir, stack.kube.cp.port()).await;
+    stack.route_agent_to(cache.port());
+    let _agent = stack.start_agent(&["--peer-binding", "off"]);
+    let web = stack.app("shop", "web", "web-1").await;
+    stack.seal("shop", "db", "shop", "web", r#"{"password":"leaked"}"#);
+    let leaked: Secret = stack.kube.get("shop", "db").await.unwrap();
+    stack.wait_readable(&web, "db").await;
+    let mut events = stack.client(&web).await.watch(["db"]).unwrap();
+    assert_eq!(value(&next(&mut events).await, "password"), "leaked");
+    stack.seal("shop", "db", "shop", "web", r#"{"password":"rotated"}"#);
+    assert_eq!(value(&next(&mut events).await, "password"), "rotated");
+
+    // From here the cache answers with the leaked revision, and the operator rotates again.
+    cache.lag_at(&leaked);
+    stack.seal("shop", "db", "shop", "web", r#"{"password":"rotated-again"}"#);
+    assert_eq!(value(&next(&mut events).await, "password"), "rotated-again");
+    assert!(cache.quorum_reads() > 0, "the change was read past the lagging cache");
+    let got = stack.client(&web).await.get_secrets(["db"]).await.unwrap();
+    assert_eq!(got["db"].values["password"].expose_secret(), "rotated-again");
 }
 
 /// A grant that goes ends the watch at once, before the Secret's new value
